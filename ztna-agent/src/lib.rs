@@ -1,1 +1,4 @@
-//! ztna gateway agent.
+//! The ztna gateway agent: loads the XDP enforcement program, keeps its maps, and installs
+//! identity-bound grants.
+
+pub mod dataplane;

@@ -1,0 +1,1037 @@
+//! The data plane: loads the XDP program, attaches it, pins its maps and links, and offers a typed API
+//! over the maps. This is the only module that imports `aya`.
+//!
+//! Pinned state lives under `/sys/fs/bpf/ztna/<instance>/`: one file per map (named as in
+//! [`ztna_common::maps`]) and one `link_<interface>` per attachment. An agent that restarts (or
+//! crashes) finds the pinned maps and links again: the kernel keeps enforcing the grants in between,
+//! and the new program replaces the old one on the same link atomically.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs,
+    io,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use thiserror::Error;
+use tracing::{info, warn};
+use ztna_common::{
+    config::{EventBucket, GlobalConfig, MODE_ENFORCE, MODE_MONITOR},
+    event::Event,
+    grant::{EPOCH_MASK, GrantKey, GrantValue},
+    maps,
+    net::{ProtectedNet, v4_mapped},
+    service::{ServiceKey, ServiceValue},
+    verdict::STATS_LEN,
+};
+
+/// The XDP object built by `build.rs`.
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztna"));
+
+/// Magic number of a BPF file system (`statfs.f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("failed to load the XDP program: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("failed to load the XDP program into the kernel (verifier or kernel refused it): {0}")]
+    Verify(#[source] Box<ProgramError>),
+    #[error("map {name} is missing from the XDP object")]
+    MissingMap { name: &'static str },
+    #[error("map {name} has an unexpected type or layout: {source}")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("failed to {action} in map {name}: {source}")]
+    Map {
+        action: &'static str,
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("map {name} is full ({capacity} entries); raise its capacity in the configuration")]
+    MapFull { name: &'static str, capacity: u32 },
+    #[error("{path} is not on a BPF file system; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpfFs { path: PathBuf },
+    #[error("failed to create pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to pin {what} at {path}: {source}")]
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("failed to attach the XDP program to {interface} in {mode} mode: {source}")]
+    Attach {
+        interface: String,
+        mode: AttachMode,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("failed to reuse the pinned XDP link {path}: {source}")]
+    Relink {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {interface} does not exist")]
+    NoInterface { interface: String },
+    #[error("XDP program is not attached to {interface}")]
+    NotAttached { interface: String },
+    #[error("failed to remove {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("prefix {addr}/{len} is invalid: the length exceeds {max}")]
+    Prefix { addr: IpAddr, len: u8, max: u8 },
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(#[source] Box<ProgramError>),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Driver (native) mode, falling back to generic mode with a warning when the driver refuses.
+    #[default]
+    Auto,
+    /// Native XDP in the driver; fail if the driver cannot.
+    Driver,
+    /// Generic XDP in the kernel's receive path (works on every interface, slower).
+    Generic,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Driver => "driver",
+            Self::Generic => "generic",
+        })
+    }
+}
+
+/// Global enforcement mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Drop what has no grant.
+    #[default]
+    Enforce,
+    /// Pass what would be dropped and report it (phased rollout).
+    Monitor,
+}
+
+impl Mode {
+    const fn raw(self) -> u32 {
+        match self {
+            Self::Enforce => MODE_ENFORCE,
+            Self::Monitor => MODE_MONITOR,
+        }
+    }
+}
+
+/// A destination prefix; host bits are cleared when installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(DataplaneError::Prefix { addr, len, max });
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Clears the bits past `len` in `bytes` (big-endian).
+fn mask_prefix<const N: usize>(mut bytes: [u8; N], len: u8) -> [u8; N] {
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        let bit = (i * 8) as u32;
+        let len = u32::from(len);
+        if bit >= len {
+            *byte = 0;
+        } else if bit + 8 > len {
+            *byte &= 0xffu8 << (8 - (len - bit));
+        }
+    }
+    bytes
+}
+
+/// The 16-byte form of a source address used in grant keys (IPv4, and IPv4-mapped IPv6, as
+/// `::ffff:a.b.c.d`).
+pub fn grant_source(addr: IpAddr) -> [u8; 16] {
+    match addr.to_canonical() {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Decodes a 16-byte address from a grant key or event (`::ffff:a.b.c.d` back to IPv4).
+pub fn decode_address(bytes: [u8; 16]) -> IpAddr {
+    IpAddr::from(bytes).to_canonical()
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the XDP program compares grant deadlines with
+/// (`bpf_ktime_get_coarse_ns`).
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The kernel deadline `ttl` from now.
+pub fn deadline_after(ttl: Duration) -> u64 {
+    monotonic_coarse_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Where and whether to pin.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Pin maps and links under `<pin_root>/<instance>/` and reuse what is pinned there. Without it
+    /// the maps live as long as this process (tests, benchmarks).
+    pub instance: Option<String>,
+    /// Root of the pin directories; [`maps::PIN_ROOT`] by default.
+    pub pin_root: PathBuf,
+    /// Capacity of the preallocated grant map.
+    pub grants_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            instance: None,
+            pin_root: PathBuf::from(maps::PIN_ROOT),
+            grants_capacity: maps::GRANTS_DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// One attachment of the program to an interface.
+#[derive(Debug)]
+struct Attachment {
+    mode: AttachMode,
+    /// Keeps an unpinned link alive; a pinned link lives in bpffs and this is just our handle.
+    _link: FdLink,
+    pin_path: Option<PathBuf>,
+}
+
+/// A live decoded grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantEntry {
+    pub source: IpAddr,
+    pub app_id: u32,
+    pub expires_at_ns: u64,
+    pub epoch: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    /// Whether the maps were found pinned from an earlier run.
+    reused_pins: bool,
+    attachments: BTreeMap<String, Attachment>,
+    config: Array<MapData, GlobalConfig>,
+    protected_v4: LpmTrie<MapData, [u8; 4], ProtectedNet>,
+    protected_v6: LpmTrie<MapData, [u8; 16], ProtectedNet>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    grants: HashMap<MapData, GrantKey, GrantValue>,
+    grants_capacity: u32,
+    stats: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    _event_bucket: PerCpuArray<MapData, EventBucket>,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| DataplaneError::MapType {
+        name,
+        source: Box::new(source),
+    })
+}
+
+fn map_err(action: &'static str, name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        action,
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn is_bpf_fs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid C string and `stat` a valid out pointer.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`; lift it so that large grant maps load.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit value for setrlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        warn!(
+            "could not raise RLIMIT_MEMLOCK: {}; large maps may fail to load on kernels before 5.11",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Looks up an interface index by name.
+pub fn interface_index(interface: &str) -> Result<u32> {
+    let c_name = CString::new(interface).map_err(|_| DataplaneError::NoInterface {
+        interface: interface.to_owned(),
+    })?;
+    // SAFETY: `c_name` is a valid C string.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(DataplaneError::NoInterface {
+            interface: interface.to_owned(),
+        });
+    }
+    Ok(index)
+}
+
+impl Dataplane {
+    /// Loads the program and creates (or, when pinning, reuses) its maps. Nothing is attached yet.
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        raise_memlock_limit();
+        let pin_dir = match &options.instance {
+            Some(instance) => {
+                let root = &options.pin_root;
+                let bpffs_mount = root.ancestors().find(|p| is_bpf_fs(p));
+                if bpffs_mount.is_none() {
+                    return Err(DataplaneError::NotBpfFs { path: root.clone() });
+                }
+                let dir = root.join(instance);
+                fs::create_dir_all(&dir).map_err(|source| DataplaneError::PinDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Some(dir)
+            }
+            None => None,
+        };
+        let reused_pins = pin_dir
+            .as_ref()
+            .is_some_and(|dir| maps::ALL.iter().any(|name| dir.join(name).exists()));
+
+        let pin_paths: Vec<(&'static str, PathBuf)> = match &pin_dir {
+            Some(dir) => maps::ALL.iter().map(|name| (*name, dir.join(name))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::GRANTS, options.grants_capacity);
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(PROGRAM_OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        {
+            let program: &mut Xdp = ebpf
+                .program_mut(maps::PROGRAM)
+                .ok_or(DataplaneError::MissingMap {
+                    name: maps::PROGRAM,
+                })?
+                .try_into()
+                .map_err(|e| DataplaneError::Verify(Box::new(e)))?;
+            program
+                .load()
+                .map_err(|e| DataplaneError::Verify(Box::new(e)))?;
+        }
+
+        let grants: HashMap<MapData, GrantKey, GrantValue> = take_map(&mut ebpf, maps::GRANTS)?;
+        let grants_capacity = grants
+            .map()
+            .info()
+            .map(|info| info.max_entries())
+            .unwrap_or(options.grants_capacity);
+        if grants_capacity != options.grants_capacity {
+            warn!(
+                "pinned grant map holds {grants_capacity} entries, configuration asks for {}; \
+                 keeping the pinned map (remove the instance's pins to resize)",
+                options.grants_capacity
+            );
+        }
+        let mut dataplane = Self {
+            config: take_map(&mut ebpf, maps::CONFIG)?,
+            protected_v4: take_map(&mut ebpf, maps::PROTECTED_V4)?,
+            protected_v6: take_map(&mut ebpf, maps::PROTECTED_V6)?,
+            services: take_map(&mut ebpf, maps::SERVICES)?,
+            grants,
+            grants_capacity,
+            stats: take_map(&mut ebpf, maps::STATS)?,
+            events: Some(take_map(&mut ebpf, maps::EVENTS)?),
+            _event_bucket: take_map(&mut ebpf, maps::EVENT_BUCKET)?,
+            ebpf,
+            pin_dir,
+            reused_pins,
+            attachments: BTreeMap::new(),
+        };
+        if reused_pins {
+            info!(
+                "reusing pinned maps in {} ({} live grants)",
+                dataplane
+                    .pin_dir
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display(),
+                dataplane.grants().map(|g| g.len()).unwrap_or(0)
+            );
+        } else {
+            // A fresh instance: write the defaults so that the config entry is explicit.
+            dataplane.set_config(&GlobalConfig {
+                event_rate_per_sec: 100,
+                event_burst: 100,
+                ..GlobalConfig::default()
+            })?;
+        }
+        Ok(dataplane)
+    }
+
+    /// Whether the maps came from an earlier run's pins.
+    pub fn reused_pins(&self) -> bool {
+        self.reused_pins
+    }
+
+    /// The pin directory, when pinning.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        let program = self
+            .ebpf
+            .program_mut(maps::PROGRAM)
+            .expect("program presence was checked at load");
+        program
+            .try_into()
+            .expect("program type was checked at load")
+    }
+
+    /// The loaded XDP program, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> &Xdp {
+        let program = self
+            .ebpf
+            .program(maps::PROGRAM)
+            .expect("program presence was checked at load");
+        program
+            .try_into()
+            .expect("program type was checked at load")
+    }
+
+    /// Runs the program once per `repeat` on `packet` through `BPF_PROG_TEST_RUN` and returns the XDP
+    /// action and the kernel's average duration per run.
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let result = self
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| DataplaneError::TestRun(Box::new(e)))?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Attaches to `interface`. With pinning, a link pinned by an earlier run is taken over: the new
+    /// program replaces the old one atomically, so no packet goes unenforced in between.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachMode> {
+        let if_index = interface_index(interface)?;
+        let pin_path = self
+            .pin_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("link_{interface}")));
+        if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
+            let link = self.relink(path)?;
+            info!("took over pinned XDP link on {interface} ({})", path.display());
+            self.attachments.insert(
+                interface.to_owned(),
+                Attachment {
+                    mode,
+                    _link: link,
+                    pin_path: Some(path.clone()),
+                },
+            );
+            return Ok(mode);
+        }
+
+        let (link_id, used) = match mode {
+            AttachMode::Driver => (
+                self.attach_raw(interface, if_index, AttachMode::Driver)?,
+                AttachMode::Driver,
+            ),
+            AttachMode::Generic => (
+                self.attach_raw(interface, if_index, AttachMode::Generic)?,
+                AttachMode::Generic,
+            ),
+            AttachMode::Auto => match self.attach_raw(interface, if_index, AttachMode::Driver) {
+                Ok(id) => (id, AttachMode::Driver),
+                Err(err) => {
+                    warn!("{err}; falling back to generic mode on {interface}");
+                    (
+                        self.attach_raw(interface, if_index, AttachMode::Generic)?,
+                        AttachMode::Generic,
+                    )
+                }
+            },
+        };
+        let link = self
+            .program_mut()
+            .take_link(link_id)
+            .map_err(|e| DataplaneError::Attach {
+                interface: interface.to_owned(),
+                mode: used,
+                source: Box::new(e),
+            })?;
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::Attach {
+            interface: interface.to_owned(),
+            mode: used,
+            source: Box::new(e),
+        })?;
+        let link = match &pin_path {
+            Some(path) => {
+                let pinned = link.pin(path).map_err(|e| DataplaneError::Pin {
+                    what: format!("the XDP link on {interface}"),
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?;
+                FdLink::from(pinned)
+            }
+            None => link,
+        };
+        info!("attached XDP program to {interface} in {used} mode");
+        self.attachments.insert(
+            interface.to_owned(),
+            Attachment {
+                mode: used,
+                _link: link,
+                pin_path,
+            },
+        );
+        Ok(used)
+    }
+
+    fn attach_raw(
+        &mut self,
+        interface: &str,
+        if_index: u32,
+        mode: AttachMode,
+    ) -> Result<aya::programs::xdp::XdpLinkId> {
+        let xdp_mode = match mode {
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+            AttachMode::Auto => XdpMode::Default,
+        };
+        self.program_mut()
+            .attach_to_if_index(if_index, xdp_mode)
+            .map_err(|e| DataplaneError::Attach {
+                interface: interface.to_owned(),
+                mode,
+                source: Box::new(e),
+            })
+    }
+
+    fn relink(&mut self, path: &Path) -> Result<FdLink> {
+        let relink_err = |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Relink {
+            path: path.to_owned(),
+            source: e,
+        };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| relink_err(Box::new(e)))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e: LinkError| relink_err(Box::new(e)))?;
+        let program = self.program_mut();
+        let id = program
+            .attach_to_link(link)
+            .map_err(|e| relink_err(Box::new(e)))?;
+        let link = program.take_link(id).map_err(|e| relink_err(Box::new(e)))?;
+        FdLink::try_from(link).map_err(|e| relink_err(Box::new(e)))
+    }
+
+    /// Interfaces the program is attached to, with the mode used.
+    pub fn attachments(&self) -> Vec<(String, AttachMode)> {
+        self.attachments
+            .iter()
+            .map(|(name, a)| (name.clone(), a.mode))
+            .collect()
+    }
+
+    /// Detaches from `interface` and removes its link pin.
+    pub fn detach(&mut self, interface: &str) -> Result<()> {
+        let attachment =
+            self.attachments
+                .remove(interface)
+                .ok_or_else(|| DataplaneError::NotAttached {
+                    interface: interface.to_owned(),
+                })?;
+        if let Some(path) = &attachment.pin_path {
+            fs::remove_file(path).map_err(|source| DataplaneError::Unpin {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        drop(attachment);
+        info!("detached XDP program from {interface}");
+        Ok(())
+    }
+
+    /// Detaches from every interface and removes every pin of this instance: a clean shutdown that
+    /// leaves nothing behind in the kernel.
+    pub fn teardown(mut self) -> Result<()> {
+        let interfaces: Vec<String> = self.attachments.keys().cloned().collect();
+        for interface in interfaces {
+            self.detach(&interface)?;
+        }
+        if let Some(dir) = self.pin_dir.take() {
+            remove_pins(&dir)?;
+        }
+        Ok(())
+    }
+
+    // --- configuration ------------------------------------------------------------------------
+
+    pub fn config(&self) -> Result<GlobalConfig> {
+        self.config
+            .get(&0, 0)
+            .map_err(map_err("read the configuration", maps::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &GlobalConfig) -> Result<()> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err("write the configuration", maps::CONFIG))
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
+        let mut config = self.config()?;
+        config.mode = mode.raw();
+        self.set_config(&config)
+    }
+
+    /// Sets the event sampling budget per CPU: `rate` events per second, bursts of `burst`.
+    pub fn set_event_budget(&mut self, rate: u32, burst: u32) -> Result<()> {
+        let mut config = self.config()?;
+        config.event_rate_per_sec = rate;
+        config.event_burst = burst;
+        self.set_config(&config)
+    }
+
+    /// The current epoch (the bits grants keep).
+    pub fn epoch(&self) -> Result<u32> {
+        Ok(self.config()?.epoch & EPOCH_MASK as u32)
+    }
+
+    /// Revokes every grant at once by moving to the next epoch; returns the new epoch.
+    pub fn bump_epoch(&mut self) -> Result<u32> {
+        let mut config = self.config()?;
+        config.epoch = (config.epoch.wrapping_add(1)) & EPOCH_MASK as u32;
+        self.set_config(&config)?;
+        Ok(config.epoch)
+    }
+
+    // --- protected destinations and services --------------------------------------------------
+
+    pub fn add_prefix(&mut self, prefix: Prefix, net_id: u32) -> Result<()> {
+        let value = ProtectedNet { net_id };
+        match prefix.addr {
+            IpAddr::V4(v4) => self
+                .protected_v4
+                .insert(
+                    &Key::new(u32::from(prefix.len), mask_prefix(v4.octets(), prefix.len)),
+                    value,
+                    0,
+                )
+                .map_err(map_err("add a prefix", maps::PROTECTED_V4)),
+            IpAddr::V6(v6) => self
+                .protected_v6
+                .insert(
+                    &Key::new(u32::from(prefix.len), mask_prefix(v6.octets(), prefix.len)),
+                    value,
+                    0,
+                )
+                .map_err(map_err("add a prefix", maps::PROTECTED_V6)),
+        }
+    }
+
+    pub fn remove_prefix(&mut self, prefix: Prefix) -> Result<()> {
+        match prefix.addr {
+            IpAddr::V4(v4) => self
+                .protected_v4
+                .remove(&Key::new(
+                    u32::from(prefix.len),
+                    mask_prefix(v4.octets(), prefix.len),
+                ))
+                .map_err(map_err("remove a prefix", maps::PROTECTED_V4)),
+            IpAddr::V6(v6) => self
+                .protected_v6
+                .remove(&Key::new(
+                    u32::from(prefix.len),
+                    mask_prefix(v6.octets(), prefix.len),
+                ))
+                .map_err(map_err("remove a prefix", maps::PROTECTED_V6)),
+        }
+    }
+
+    /// Every installed prefix with its net id.
+    pub fn prefixes(&self) -> Result<Vec<(Prefix, u32)>> {
+        let mut out = Vec::new();
+        for item in self.protected_v4.iter() {
+            let (key, value) = item.map_err(map_err("list prefixes", maps::PROTECTED_V4))?;
+            out.push((
+                Prefix {
+                    addr: IpAddr::from(key.data()),
+                    len: key.prefix_len() as u8,
+                },
+                value.net_id,
+            ));
+        }
+        for item in self.protected_v6.iter() {
+            let (key, value) = item.map_err(map_err("list prefixes", maps::PROTECTED_V6))?;
+            out.push((
+                Prefix {
+                    addr: IpAddr::from(key.data()),
+                    len: key.prefix_len() as u8,
+                },
+                value.net_id,
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn add_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(map_err("add a service", maps::SERVICES))
+    }
+
+    pub fn remove_service(&mut self, key: ServiceKey) -> Result<()> {
+        self.services
+            .remove(&key)
+            .map_err(map_err("remove a service", maps::SERVICES))
+    }
+
+    pub fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        self.services
+            .iter()
+            .map(|item| item.map_err(map_err("list services", maps::SERVICES)))
+            .collect()
+    }
+
+    /// Sets the per-app mode (`ztna_common::service::APP_MODE_*`) on every service of `app_id`.
+    pub fn set_app_mode(&mut self, app_id: u32, mode: u32) -> Result<usize> {
+        let services = self.services()?;
+        let mut changed = 0;
+        for (key, mut value) in services {
+            if value.app_id == app_id {
+                value.mode = mode;
+                self.add_service(key, value)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    // --- grants ------------------------------------------------------------------------------
+
+    /// Installs or replaces the grant for (`source`, `app_id`) under the current epoch, expiring at
+    /// `expires_at_ns` on the kernel's monotonic clock ([`deadline_after`]). Counters restart.
+    pub fn upsert_grant(&mut self, source: IpAddr, app_id: u32, expires_at_ns: u64) -> Result<()> {
+        let epoch = self.epoch()?;
+        let key = GrantKey {
+            src: grant_source(source),
+            app_id,
+        };
+        self.grants
+            .insert(key, GrantValue::new(expires_at_ns, epoch), 0)
+            .map_err(|source| match &source {
+                MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                    DataplaneError::MapFull {
+                        name: maps::GRANTS,
+                        capacity: self.grants_capacity,
+                    }
+                }
+                _ => DataplaneError::Map {
+                    action: "install a grant",
+                    name: maps::GRANTS,
+                    source: Box::new(source),
+                },
+            })
+    }
+
+    /// Moves the deadline of an existing grant, keeping its counters. Returns false if there is none.
+    pub fn extend_grant(&mut self, source: IpAddr, app_id: u32, expires_at_ns: u64) -> Result<bool> {
+        let key = GrantKey {
+            src: grant_source(source),
+            app_id,
+        };
+        match self.grants.get(&key, 0) {
+            Ok(mut value) => {
+                value.expires_at_ns = expires_at_ns;
+                self.grants
+                    .insert(key, value, 0)
+                    .map_err(map_err("extend a grant", maps::GRANTS))?;
+                Ok(true)
+            }
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err("read a grant", maps::GRANTS)(e)),
+        }
+    }
+
+    /// Removes the grant for (`source`, `app_id`); returns whether there was one.
+    pub fn remove_grant(&mut self, source: IpAddr, app_id: u32) -> Result<bool> {
+        let key = GrantKey {
+            src: grant_source(source),
+            app_id,
+        };
+        match self.grants.remove(&key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err("remove a grant", maps::GRANTS)(e)),
+        }
+    }
+
+    pub fn grant(&self, source: IpAddr, app_id: u32) -> Result<Option<GrantEntry>> {
+        let key = GrantKey {
+            src: grant_source(source),
+            app_id,
+        };
+        match self.grants.get(&key, 0) {
+            Ok(value) => Ok(Some(decode_grant(&key, &value))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("read a grant", maps::GRANTS)(e)),
+        }
+    }
+
+    /// Every grant in the map, live or not.
+    pub fn grants(&self) -> Result<Vec<GrantEntry>> {
+        self.grants
+            .iter()
+            .map(|item| {
+                item.map(|(key, value)| decode_grant(&key, &value))
+                    .map_err(map_err("list grants", maps::GRANTS))
+            })
+            .collect()
+    }
+
+    /// Capacity of the grant map.
+    pub fn grants_capacity(&self) -> u32 {
+        self.grants_capacity
+    }
+
+    /// Removes grants that expired or belong to an older epoch; returns how many.
+    pub fn sweep_grants(&mut self) -> Result<usize> {
+        let now = monotonic_coarse_ns();
+        let epoch = self.epoch()?;
+        let stale: Vec<GrantEntry> = self
+            .grants()?
+            .into_iter()
+            .filter(|g| g.expires_at_ns <= now || g.epoch != epoch)
+            .collect();
+        for grant in &stale {
+            self.remove_grant(grant.source, grant.app_id)?;
+        }
+        Ok(stale.len())
+    }
+
+    // --- counters and events -----------------------------------------------------------------
+
+    /// Packet counters for every `STATS` slot, summed over CPUs (index with
+    /// `ztna_common::verdict::stat_index`).
+    pub fn stats(&self) -> Result<Vec<u64>> {
+        (0..STATS_LEN)
+            .map(|index| {
+                self.stats
+                    .get(&index, 0)
+                    .map(|values| values.iter().sum())
+                    .map_err(map_err("read counters", maps::STATS))
+            })
+            .collect()
+    }
+
+    /// The event ring buffer; can be taken once (by the task that streams events).
+    pub fn take_events(&mut self) -> Option<EventReader> {
+        self.events.take().map(|ring| EventReader { ring })
+    }
+
+    /// Bytes of kernel memory charged to the grant map, from the map's own accounting
+    /// (`memlock` in its fdinfo).
+    pub fn grants_memory_bytes(&self) -> io::Result<u64> {
+        let fd = self.grants.map().fd().as_fd().as_raw_fd();
+        map_memlock(fd)
+    }
+}
+
+fn decode_grant(key: &GrantKey, value: &GrantValue) -> GrantEntry {
+    GrantEntry {
+        source: decode_address(key.src),
+        app_id: key.app_id,
+        expires_at_ns: value.expires_at_ns,
+        epoch: value.epoch(),
+        packets: value.packets(),
+        bytes: value.bytes,
+    }
+}
+
+/// `memlock:` of a BPF map's fdinfo: the kernel's own accounting of the map's memory.
+pub fn map_memlock(fd: RawFd) -> io::Result<u64> {
+    let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no memlock line in the fdinfo of fd {fd}")))
+}
+
+/// Removes every pin of an instance (maps and links) and its directory. Links removed here detach.
+pub fn remove_pins(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(DataplaneError::Unpin {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        fs::remove_file(&path).map_err(|source| DataplaneError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    fs::remove_dir(dir).map_err(|source| DataplaneError::Unpin {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Reads [`Event`] records from the ring buffer.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl EventReader {
+    /// The next event, if one is waiting. Records of other kinds or sizes are skipped.
+    pub fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let item = self.ring.next()?;
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the record holds at least `size_of::<Event>()` bytes written by the XDP
+                // program as an `Event`; every bit pattern is a valid `Event`.
+                return Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+        }
+    }
+
+    /// Drains every waiting event.
+    pub fn drain(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.next_event()).collect()
+    }
+}
+
+impl AsFd for EventReader {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
+
+impl AsRawFd for EventReader {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn prefixes_are_masked() {
+        assert_eq!(mask_prefix([10, 1, 2, 3], 8), [10, 0, 0, 0]);
+        assert_eq!(mask_prefix([10, 1, 255, 3], 20), [10, 1, 240, 0]);
+        assert_eq!(mask_prefix([1, 2, 3, 4], 32), [1, 2, 3, 4]);
+        assert_eq!(mask_prefix([1, 2, 3, 4], 0), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn prefix_length_is_checked() {
+        assert!(Prefix::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 33).is_err());
+        assert!(Prefix::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).is_ok());
+    }
+
+    #[test]
+    fn grant_sources_round_trip() {
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(decode_address(grant_source(v4)), v4);
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
+        assert_eq!(grant_source(mapped), grant_source(v4));
+        let v6 = IpAddr::V6("2001:db8::1".parse().unwrap());
+        assert_eq!(decode_address(grant_source(v6)), v6);
+    }
+}
