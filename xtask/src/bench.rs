@@ -1,0 +1,51 @@
+//! `cargo xtask bench`: runs the `ztna-bench` binary of the `ztna-tests` crate in release mode.
+
+use crate::{cmd, setup};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which benchmarks to run.
+    #[arg(value_enum, default_value_t = Suite::All)]
+    suite: Suite,
+    /// Further arguments for `ztna-bench`, after `--`.
+    #[arg(last = true)]
+    bench_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Suite {
+    /// Per-packet cost of the XDP program (BPF_PROG_TEST_RUN), as ratios against an XDP_PASS baseline.
+    Dataplane,
+    /// The control plane (policy evaluation, sessions), in process.
+    Control,
+    /// Both.
+    All,
+}
+
+impl Suite {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Self::Dataplane => "dataplane",
+            Self::Control => "control",
+            Self::All => "all",
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    setup::prepare(setup::Needs::Run)?;
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "ztna-tests",
+                "--bin",
+                "ztna-bench",
+                "--",
+                args.suite.as_arg(),
+            ])
+            .args(&args.bench_args),
+    )
+}

@@ -1,0 +1,45 @@
+//! `cargo xtask test`: every test of the workspace, as CI runs it (`.ci/run`).
+
+use crate::{cmd, setup};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Do not check or install the toolchain and packages first.
+    #[arg(long)]
+    skip_setup: bool,
+    /// Arguments for the test binaries, after `--` (for example `-- --test-threads=1`).
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+const NOT_ROOT_WARNING: &str = "warning: not running as root: the kernel tests (loading and attaching XDP, network \
+                                namespaces, BPF_PROG_TEST_RUN) will skip; run `cargo xtask test` as root to run them";
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.skip_setup {
+        setup::prepare(setup::Needs::Run)?;
+    }
+    let root = setup::is_root()?;
+    if !root {
+        eprintln!("{NOT_ROOT_WARNING}");
+    }
+    let mut cargo = cmd::cargo();
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
+    cargo.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "ztna-ebpf",
+        "--no-fail-fast",
+    ]);
+    if !args.test_args.is_empty() {
+        cargo.arg("--").args(&args.test_args);
+    }
+    let result = cmd::run(&mut cargo);
+    if !root {
+        // Again at the end, where it is not lost above the test output.
+        eprintln!("{NOT_ROOT_WARNING}");
+    }
+    result
+}
