@@ -9,8 +9,7 @@
 use std::{
     collections::BTreeMap,
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     net::IpAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     path::{Path, PathBuf},
@@ -37,7 +36,7 @@ use ztna_common::{
     grant::{EPOCH_MASK, GrantKey, GrantValue},
     maps,
     net::{ProtectedNet, v4_mapped},
-    service::{ServiceKey, ServiceValue},
+    service::{ServiceKey, ServiceLpmData, ServiceValue},
     verdict::STATS_LEN,
 };
 
@@ -53,7 +52,7 @@ pub enum DataplaneError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("failed to load the XDP program into the kernel (verifier or kernel refused it): {0}")]
     Verify(#[source] Box<ProgramError>),
-    #[error("map {name} is missing from the XDP object")]
+    #[error("{name} is missing from the XDP object")]
     MissingMap { name: &'static str },
     #[error("map {name} has an unexpected type or layout: {source}")]
     MapType {
@@ -280,7 +279,7 @@ pub struct Dataplane {
     config: Array<MapData, GlobalConfig>,
     protected_v4: LpmTrie<MapData, [u8; 4], ProtectedNet>,
     protected_v6: LpmTrie<MapData, [u8; 16], ProtectedNet>,
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    services: LpmTrie<MapData, ServiceLpmData, ServiceValue>,
     grants: HashMap<MapData, GrantKey, GrantValue>,
     grants_capacity: u32,
     stats: PerCpuArray<MapData, u64>,
@@ -375,7 +374,10 @@ impl Dataplane {
             .is_some_and(|dir| maps::ALL.iter().any(|name| dir.join(name).exists()));
 
         let pin_paths: Vec<(&'static str, PathBuf)> = match &pin_dir {
-            Some(dir) => maps::ALL.iter().map(|name| (*name, dir.join(name))).collect(),
+            Some(dir) => maps::ALL
+                .iter()
+                .map(|name| (*name, dir.join(name)))
+                .collect(),
             None => Vec::new(),
         };
         let mut loader = EbpfLoader::new();
@@ -493,6 +495,32 @@ impl Dataplane {
         Ok((result.return_value, result.duration))
     }
 
+    /// Runs the `XDP_PASS`-only baseline program from the same object on `packet`, loading it on first
+    /// use: the floor that per-packet costs are measured against.
+    pub fn baseline_test_run(&mut self, packet: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::BASELINE_PROGRAM)
+            .ok_or(DataplaneError::MissingMap {
+                name: maps::BASELINE_PROGRAM,
+            })?
+            .try_into()
+            .map_err(|e| DataplaneError::Verify(Box::new(e)))?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|e| DataplaneError::Verify(Box::new(e)))?;
+        }
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| DataplaneError::TestRun(Box::new(e)))?;
+        Ok((result.return_value, result.duration))
+    }
+
     /// Attaches to `interface`. With pinning, a link pinned by an earlier run is taken over: the new
     /// program replaces the old one atomically, so no packet goes unenforced in between.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachMode> {
@@ -503,7 +531,10 @@ impl Dataplane {
             .map(|dir| dir.join(format!("link_{interface}")));
         if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
             let link = self.relink(path)?;
-            info!("took over pinned XDP link on {interface} ({})", path.display());
+            info!(
+                "took over pinned XDP link on {interface} ({})",
+                path.display()
+            );
             self.attachments.insert(
                 interface.to_owned(),
                 Attachment {
@@ -757,22 +788,26 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Installs a service; port 0 and protocol 0 are wildcards (see [`ServiceKey`]).
     pub fn add_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
         self.services
-            .insert(key, value, 0)
+            .insert(&Key::new(key.prefix_len(), key.lpm_data()), value, 0)
             .map_err(map_err("add a service", maps::SERVICES))
     }
 
     pub fn remove_service(&mut self, key: ServiceKey) -> Result<()> {
         self.services
-            .remove(&key)
+            .remove(&Key::new(key.prefix_len(), key.lpm_data()))
             .map_err(map_err("remove a service", maps::SERVICES))
     }
 
     pub fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         self.services
             .iter()
-            .map(|item| item.map_err(map_err("list services", maps::SERVICES)))
+            .map(|item| {
+                item.map(|(key, value)| (ServiceKey::from_lpm(key.prefix_len(), key.data()), value))
+                    .map_err(map_err("list services", maps::SERVICES))
+            })
             .collect()
     }
 
@@ -818,7 +853,12 @@ impl Dataplane {
     }
 
     /// Moves the deadline of an existing grant, keeping its counters. Returns false if there is none.
-    pub fn extend_grant(&mut self, source: IpAddr, app_id: u32, expires_at_ns: u64) -> Result<bool> {
+    pub fn extend_grant(
+        &mut self,
+        source: IpAddr,
+        app_id: u32,
+        expires_at_ns: u64,
+    ) -> Result<bool> {
         let key = GrantKey {
             src: grant_source(source),
             app_id,

@@ -6,7 +6,8 @@ pub const CONFIG: &str = "CONFIG";
 pub const PROTECTED_V4: &str = "PROTECTED_V4";
 /// Protected IPv6 destinations: LPM trie, `Key<[u8; 16]>` -> [`crate::net::ProtectedNet`].
 pub const PROTECTED_V6: &str = "PROTECTED_V6";
-/// Services: hash, [`crate::service::ServiceKey`] -> [`crate::service::ServiceValue`].
+/// Services: LPM trie, `Key<ServiceLpmData>` (see [`crate::service::ServiceKey::lpm_data`]) ->
+/// [`crate::service::ServiceValue`].
 pub const SERVICES: &str = "SERVICES";
 /// Grants: preallocated hash, [`crate::grant::GrantKey`] -> [`crate::grant::GrantValue`].
 pub const GRANTS: &str = "GRANTS";
@@ -31,10 +32,12 @@ pub const ALL: [&str; 8] = [
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "ztna_ingress";
+/// Name of the program that passes every packet untouched: the benchmarks' `XDP_PASS` floor.
+pub const BASELINE_PROGRAM: &str = "ztna_baseline";
 
 /// Maximum number of protected IPv4 prefixes (and, separately, IPv6 prefixes).
 pub const PROTECTED_CAPACITY: u32 = 262_144;
-/// Maximum number of (net, protocol, port) service entries after port ranges are expanded.
+/// Maximum number of (net, protocol, port) service entries.
 pub const SERVICES_CAPACITY: u32 = 1 << 20;
 /// Default number of grants; the agent sets the real size from its configuration at load time.
 pub const GRANTS_DEFAULT_CAPACITY: u32 = 65_536;

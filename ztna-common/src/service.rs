@@ -7,10 +7,12 @@ pub const APP_MODE_ENFORCE: u32 = 1;
 /// The app is in monitor mode: would-drop packets pass and are reported.
 pub const APP_MODE_MONITOR: u32 = 2;
 
-/// Key of `SERVICES`.
+/// A service of a protected network: what the agent installs in `SERVICES`.
 ///
-/// The XDP program looks up the exact key first, then `(net, proto, port 0)`, then `(net, proto 0,
-/// port 0)`: port 0 and protocol 0 are wildcards. Port ranges are expanded by the agent.
+/// `SERVICES` is an LPM trie over [`ServiceKey::lpm_data`] (net id, protocol, port), so that one lookup
+/// finds the most specific entry: the exact (net, proto, port), else (net, proto, any port) — port 0 —
+/// else (net, any protocol) — protocol 0, whose port is ignored. A trie lookup costs less than hashing
+/// the key, and it replaces the chain of exact-then-wildcard lookups a hash map would need.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
@@ -40,7 +42,59 @@ impl ServiceKey {
     pub const fn port(&self) -> u16 {
         u16::from_be(self.dport_be)
     }
+
+    /// The key data in `SERVICES`: net id (big endian), protocol, port (network order), a zero byte.
+    #[inline(always)]
+    pub const fn lpm_data(&self) -> ServiceLpmData {
+        let net = self.net_id.to_be_bytes();
+        let port = self.dport_be.to_ne_bytes();
+        [
+            net[0], net[1], net[2], net[3], self.proto, port[0], port[1], 0,
+        ]
+    }
+
+    /// The prefix length in `SERVICES`: [`SERVICE_PREFIX_EXACT`], [`SERVICE_PREFIX_ANY_PORT`] for port
+    /// 0, [`SERVICE_PREFIX_ANY_PROTO`] for protocol 0.
+    pub const fn prefix_len(&self) -> u32 {
+        if self.proto == 0 {
+            SERVICE_PREFIX_ANY_PROTO
+        } else if self.dport_be == 0 {
+            SERVICE_PREFIX_ANY_PORT
+        } else {
+            SERVICE_PREFIX_EXACT
+        }
+    }
+
+    /// The key an LPM entry stands for (the inverse of [`Self::lpm_data`] and [`Self::prefix_len`]).
+    pub const fn from_lpm(prefix_len: u32, data: ServiceLpmData) -> Self {
+        let net_id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        let proto = if prefix_len >= SERVICE_PREFIX_ANY_PORT {
+            data[4]
+        } else {
+            0
+        };
+        let dport_be = if prefix_len >= SERVICE_PREFIX_EXACT {
+            u16::from_ne_bytes([data[5], data[6]])
+        } else {
+            0
+        };
+        Self {
+            net_id,
+            dport_be,
+            proto,
+            _pad0: 0,
+        }
+    }
 }
+
+/// LPM key data of `SERVICES`, see [`ServiceKey::lpm_data`].
+pub type ServiceLpmData = [u8; 8];
+/// Prefix length of an exact (net, proto, port) service.
+pub const SERVICE_PREFIX_EXACT: u32 = 56;
+/// Prefix length of a (net, proto, any port) service.
+pub const SERVICE_PREFIX_ANY_PORT: u32 = 40;
+/// Prefix length of a (net, any protocol) service.
+pub const SERVICE_PREFIX_ANY_PROTO: u32 = 32;
 
 /// Value of `SERVICES`.
 #[repr(C)]
@@ -53,3 +107,23 @@ pub struct ServiceValue {
 }
 
 const _: () = assert!(size_of::<ServiceValue>() == 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpm_round_trip() {
+        for key in [
+            ServiceKey::new(7, 6, 443),
+            ServiceKey::new(7, 17, 0),
+            ServiceKey::new(0x0102_0304, 0, 0),
+        ] {
+            assert_eq!(ServiceKey::from_lpm(key.prefix_len(), key.lpm_data()), key);
+        }
+        assert_eq!(
+            ServiceKey::new(0x0102_0304, 6, 0x1f90).lpm_data(),
+            [1, 2, 3, 4, 6, 0x1f, 0x90, 0]
+        );
+    }
+}

@@ -102,7 +102,10 @@ mod tests {
             assert_ne!(reason_name(reason), "unknown", "reason {reason}");
             assert!(stat_index(reason, true) < STATS_LEN);
         }
-        assert_eq!(stat_index(DROP_NO_GRANT, true), WOULD_DROP_BASE + DROP_NO_GRANT);
+        assert_eq!(
+            stat_index(DROP_NO_GRANT, true),
+            WOULD_DROP_BASE + DROP_NO_GRANT
+        );
         assert_eq!(stat_index(PASS_GRANT, true), PASS_GRANT);
     }
 }

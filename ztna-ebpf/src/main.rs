@@ -9,7 +9,10 @@
 // `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add`, but the intrinsic lowers to BPF's
 // atomic add instruction.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only way to emit a BPF atomic add")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only way to emit a BPF atomic add"
+)]
 
 mod event;
 mod ipv4;
@@ -24,6 +27,13 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn ztna_ingress(ctx: XdpContext) -> u32 {
     verdict::try_ztna_ingress(&ctx)
+}
+
+/// Passes every packet and does nothing else: the floor that benchmarks measure the enforcement
+/// program against, in the same run. Never attached by the agent.
+#[xdp]
+pub fn ztna_baseline(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -2,7 +2,6 @@
 //! are declared unpinned here: a test that loads the object gets fresh maps.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
@@ -11,7 +10,7 @@ use ztna_common::{
     grant::{GrantKey, GrantValue},
     maps::{EVENTS_BYTES, GRANTS_DEFAULT_CAPACITY, PROTECTED_CAPACITY, SERVICES_CAPACITY},
     net::ProtectedNet,
-    service::{ServiceKey, ServiceValue},
+    service::{ServiceLpmData, ServiceValue},
     verdict::STATS_LEN,
 };
 
@@ -26,10 +25,10 @@ pub static PROTECTED_V4: LpmTrie<[u8; 4], ProtectedNet> =
 pub static PROTECTED_V6: LpmTrie<[u8; 16], ProtectedNet> =
     LpmTrie::with_max_entries(PROTECTED_CAPACITY, 0);
 
-/// Not preallocated: port ranges expand to many entries, most gateways need few.
+/// An LPM trie: one lookup finds the exact service or the most specific wildcard.
 #[map(name = "SERVICES")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(SERVICES_CAPACITY, BPF_F_NO_PREALLOC);
+pub static SERVICES: LpmTrie<ServiceLpmData, ServiceValue> =
+    LpmTrie::with_max_entries(SERVICES_CAPACITY, 0);
 
 /// Preallocated, so that installing a grant never allocates in the kernel; sized by the agent.
 #[map(name = "GRANTS")]

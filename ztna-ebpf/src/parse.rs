@@ -43,8 +43,6 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 /// Pre-standard QinQ outer tag, still sent by some switches.
 pub const ETH_P_QINQ1: u16 = 0x9100;
 
-
-
 #[inline(always)]
 pub const fn is_vlan(ether_type: u16) -> bool {
     matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1)
