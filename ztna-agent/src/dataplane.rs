@@ -109,6 +109,17 @@ pub enum DataplaneError {
     },
     #[error("prefix {addr}/{len} is invalid: the length exceeds {max}")]
     Prefix { addr: IpAddr, len: u8, max: u8 },
+    #[error(
+        "Linux {release} is too old: {feature} arrived in {needed}; ztna needs Linux {min} or newer \
+         (upgrade the kernel, e.g. to your distribution's current LTS)",
+        needed = format_version(*needed),
+        min = format_version(MIN_KERNEL)
+    )]
+    KernelTooOld {
+        release: String,
+        feature: &'static str,
+        needed: (u32, u32),
+    },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] Box<ProgramError>),
 }
@@ -225,6 +236,57 @@ pub fn monotonic_coarse_ns() -> u64 {
 /// The kernel deadline `ttl` from now.
 pub fn deadline_after(ttl: Duration) -> u64 {
     monotonic_coarse_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Kernel features the XDP program and the agent rely on, with the release that brought each.
+const KERNEL_FEATURES: [((u32, u32), &str); 4] = [
+    ((5, 3), "bounded loops in the verifier (IPv6 extension-header walk)"),
+    ((5, 8), "the BPF ring buffer (deny events)"),
+    ((5, 9), "BPF links for XDP (pinned attachments that survive an agent restart)"),
+    (
+        (5, 11),
+        "bpf_ktime_get_coarse_ns (grant expiry in the kernel) and memcg accounting of BPF maps",
+    ),
+];
+
+/// The oldest kernel ztna can run on at all; the oldest one the test matrix boots is [`TESTED_KERNEL`].
+pub const MIN_KERNEL: (u32, u32) = (5, 11);
+/// The oldest kernel the test matrix runs on (Debian 12's LTS).
+pub const TESTED_KERNEL: (u32, u32) = (6, 1);
+
+fn format_version((major, minor): (u32, u32)) -> String {
+    format!("{major}.{minor}")
+}
+
+/// `major.minor` of a kernel release string such as `6.1.0-28-cloud-amd64`.
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Refuses a kernel that lacks a feature ztna needs, naming the first missing one; warns on a kernel
+/// older than the oldest tested one.
+pub fn check_kernel_release(release: &str) -> Result<()> {
+    let Some(version) = parse_kernel_release(release) else {
+        warn!("cannot parse kernel release {release:?}; assuming it is recent enough");
+        return Ok(());
+    };
+    if let Some((needed, feature)) = KERNEL_FEATURES.iter().find(|(needed, _)| version < *needed) {
+        return Err(DataplaneError::KernelTooOld {
+            release: release.to_owned(),
+            feature,
+            needed: *needed,
+        });
+    }
+    if version < TESTED_KERNEL {
+        warn!(
+            "Linux {release} is older than {}, the oldest kernel ztna is tested on",
+            format_version(TESTED_KERNEL)
+        );
+    }
+    Ok(())
 }
 
 /// Where and whether to pin.
@@ -352,6 +414,9 @@ pub fn interface_index(interface: &str) -> Result<u32> {
 impl Dataplane {
     /// Loads the program and creates (or, when pinning, reuses) its maps. Nothing is attached yet.
     pub fn load(options: &LoadOptions) -> Result<Self> {
+        if let Ok(release) = fs::read_to_string("/proc/sys/kernel/osrelease") {
+            check_kernel_release(release.trim())?;
+        }
         raise_memlock_limit();
         let pin_dir = match &options.instance {
             Some(instance) => {
@@ -1063,6 +1128,19 @@ mod tests {
     fn prefix_length_is_checked() {
         assert!(Prefix::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 33).is_err());
         assert!(Prefix::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).is_ok());
+    }
+
+    #[test]
+    fn old_kernels_are_refused_by_feature() {
+        assert_eq!(parse_kernel_release("6.1.0-28-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_kernel_release("6.18.44-fc-v1147"), Some((6, 18)));
+        assert!(check_kernel_release("6.1.0-28-cloud-amd64").is_ok());
+        assert!(check_kernel_release("5.15.0").is_ok());
+        let err = check_kernel_release("5.10.0-30-amd64").unwrap_err().to_string();
+        assert!(err.contains("bpf_ktime_get_coarse_ns"), "{err}");
+        assert!(err.contains("5.11"), "{err}");
+        let err = check_kernel_release("4.19.0").unwrap_err().to_string();
+        assert!(err.contains("bounded loops"), "{err}");
     }
 
     #[test]

@@ -6,13 +6,6 @@
 //! destination is dropped: the program fails closed.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add`, but the intrinsic lowers to BPF's
-// atomic add instruction.
-#![feature(core_intrinsics)]
-#![expect(
-    internal_features,
-    reason = "atomic_xadd is the only way to emit a BPF atomic add"
-)]
 
 mod event;
 mod ipv4;

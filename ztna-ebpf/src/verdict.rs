@@ -163,7 +163,7 @@ fn classify(ctx: &XdpContext, config: &GlobalConfig, info: &mut PacketInfo) -> R
         src,
         app_id: service.app_id,
     };
-    let grant = GRANTS.get_ptr_mut(&key).ok_or(DROP_NO_GRANT)?;
+    let grant = GRANTS.get_ptr_mut(key).ok_or(DROP_NO_GRANT)?;
     // SAFETY: the pointer comes from a successful lookup and stays valid for this program run.
     unsafe {
         let epoch_packets = core::ptr::read_volatile(&(*grant).epoch_packets);
