@@ -1,4 +1,7 @@
 //! The ztna gateway agent: loads the XDP enforcement program, keeps its maps, and installs
 //! identity-bound grants.
 
+pub mod agent;
+pub mod compile;
+pub mod config;
 pub mod dataplane;
