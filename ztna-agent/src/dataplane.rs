@@ -506,11 +506,7 @@ impl Dataplane {
             );
         } else {
             // A fresh instance: write the defaults so that the config entry is explicit.
-            dataplane.set_config(&GlobalConfig {
-                event_rate_per_sec: 100,
-                event_burst: 100,
-                ..GlobalConfig::default()
-            })?;
+            dataplane.set_config(&GlobalConfig::default().with_event_budget(100, 100))?;
         }
         Ok(dataplane)
     }
@@ -765,9 +761,7 @@ impl Dataplane {
 
     /// Sets the event sampling budget per CPU: `rate` events per second, bursts of `burst`.
     pub fn set_event_budget(&mut self, rate: u32, burst: u32) -> Result<()> {
-        let mut config = self.config()?;
-        config.event_rate_per_sec = rate;
-        config.event_burst = burst;
+        let config = self.config()?.with_event_budget(rate, burst);
         self.set_config(&config)
     }
 

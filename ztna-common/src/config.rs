@@ -16,9 +16,14 @@ pub struct GlobalConfig {
     /// Current grant epoch (low [`crate::grant::EPOCH_BITS`] bits). Grants written under another epoch
     /// are stale: bumping it revokes every grant at once.
     pub epoch: u32,
-    /// Events each CPU may emit per second (token bucket refill rate); 0 disables events.
+    /// Nanoseconds of credit one event costs (10^9 / events per second per CPU); 0 disables events.
+    /// The XDP program's token bucket works in nanoseconds so that it never divides.
+    pub event_interval_ns: u64,
+    /// Most credit a CPU's bucket holds: `event_burst * event_interval_ns`.
+    pub event_burst_ns: u64,
+    /// Events per second per CPU, as configured (for display; the program uses the two fields above).
     pub event_rate_per_sec: u32,
-    /// Largest burst of events a CPU may emit at once (token bucket depth).
+    /// Largest burst of events per CPU, as configured (for display).
     pub event_burst: u32,
     /// Dark-mode and single-packet-authorization flags; reserved, 0 today.
     pub flags: u32,
@@ -27,16 +32,48 @@ pub struct GlobalConfig {
     pub _pad0: u16,
 }
 
-const _: () = assert!(size_of::<GlobalConfig>() == 24);
+const _: () = assert!(size_of::<GlobalConfig>() == 40);
 
-/// Per-CPU token bucket state for event sampling, in milli-tokens so that low rates refill smoothly.
+impl GlobalConfig {
+    /// Sets the event budget: `rate` events per second per CPU, bursts of up to `burst`; a rate of 0
+    /// turns events off.
+    pub const fn with_event_budget(mut self, rate: u32, burst: u32) -> Self {
+        self.event_rate_per_sec = rate;
+        self.event_burst = burst;
+        if rate == 0 {
+            self.event_interval_ns = 0;
+            self.event_burst_ns = 0;
+        } else {
+            self.event_interval_ns = 1_000_000_000 / rate as u64;
+            let burst = if burst == 0 { 1 } else { burst };
+            self.event_burst_ns = burst as u64 * self.event_interval_ns;
+        }
+        self
+    }
+}
+
+/// Per-CPU token bucket state for event sampling, in nanoseconds of credit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBucket {
-    /// Available tokens times 1000.
-    pub milli_tokens: u64,
-    /// `bpf_ktime_get_ns` of the last refill.
-    pub last_refill_ns: u64,
+    /// Credit available, at most `GlobalConfig::event_burst_ns`.
+    pub credit_ns: u64,
+    /// `bpf_ktime_get_coarse_ns` of the last event decision on this CPU.
+    pub last_ns: u64,
 }
 
 const _: () = assert!(size_of::<EventBucket>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_budget_in_nanoseconds() {
+        let config = GlobalConfig::default().with_event_budget(100, 20);
+        assert_eq!(config.event_interval_ns, 10_000_000);
+        assert_eq!(config.event_burst_ns, 200_000_000);
+        let off = config.with_event_budget(0, 20);
+        assert_eq!(off.event_interval_ns, 0);
+    }
+}

@@ -17,9 +17,6 @@ use crate::{
     verdict::PacketInfo,
 };
 
-const MILLI: u64 = 1000;
-const NS_PER_SEC: u64 = 1_000_000_000;
-
 #[inline(always)]
 pub fn emit(
     ctx: &XdpContext,
@@ -28,7 +25,7 @@ pub fn emit(
     reason: u32,
     monitored: bool,
 ) {
-    if config.event_rate_per_sec == 0 {
+    if config.event_interval_ns == 0 {
         return;
     }
     // SAFETY: a helper without arguments or side effects.
@@ -83,7 +80,8 @@ fn copy_addresses(ctx: &XdpContext, info: &PacketInfo, event: &mut Event) {
     }
 }
 
-/// Refills this CPU's bucket for the time elapsed since the last refill and takes one token.
+/// Credits this CPU's bucket with the time elapsed since its last decision and spends one event's
+/// worth of credit if there is enough. Nanoseconds throughout, so no division on the packet path.
 #[inline(always)]
 fn take_token(config: &GlobalConfig, now: u64) -> bool {
     let Some(bucket) = EVENT_BUCKET.get_ptr_mut(0) else {
@@ -91,22 +89,17 @@ fn take_token(config: &GlobalConfig, now: u64) -> bool {
     };
     // SAFETY: per-CPU slot, valid for this program run and not shared with another CPU.
     let bucket = unsafe { &mut *bucket };
-    let capacity = u64::from(config.event_burst.max(1)) * MILLI;
-    let elapsed = now.saturating_sub(bucket.last_refill_ns);
-    let refill = if elapsed >= NS_PER_SEC {
-        capacity
-    } else {
-        // elapsed < 1e9 and rate < 2^32, so the product fits in 64 bits.
-        elapsed * u64::from(config.event_rate_per_sec) / (NS_PER_SEC / MILLI)
-    };
-    if refill > 0 {
-        bucket.milli_tokens = (bucket.milli_tokens + refill).min(capacity);
-        bucket.last_refill_ns = now;
-    }
-    if bucket.milli_tokens < MILLI {
+    let elapsed = now.saturating_sub(bucket.last_ns);
+    bucket.last_ns = now;
+    let credit = bucket
+        .credit_ns
+        .saturating_add(elapsed)
+        .min(config.event_burst_ns);
+    if credit < config.event_interval_ns {
+        bucket.credit_ns = credit;
         return false;
     }
-    bucket.milli_tokens -= MILLI;
+    bucket.credit_ns = credit - config.event_interval_ns;
     true
 }
 
