@@ -5,3 +5,5 @@ pub mod agent;
 pub mod compile;
 pub mod config;
 pub mod dataplane;
+pub mod identity;
+pub mod posture;
