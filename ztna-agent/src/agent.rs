@@ -151,7 +151,12 @@ pub fn start(
     let grant_changes = compile::diff_grants(&desired, &installed);
     for (source, app_id) in &grant_changes.remove {
         dataplane.remove_grant(*source, *app_id)?;
-        info!(%source, app_id, "removed a grant the configuration no longer names");
+        info!(
+            %source,
+            app_id,
+            app = config.plan.app_name(*app_id).unwrap_or("?"),
+            "removed a grant the configuration no longer names"
+        );
     }
     for grant in &grant_changes.install {
         let expires_at_ns = crate::dataplane::deadline_after(grant.ttl);
