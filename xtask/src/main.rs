@@ -7,6 +7,7 @@ mod demo;
 mod lint;
 mod setup;
 mod test;
+mod vm_test;
 
 use std::process::ExitCode;
 
@@ -25,8 +26,10 @@ enum Command {
     Setup(setup::Args),
     /// Build the default workspace members in release mode and print where the binaries are.
     Build(build::Args),
-    /// Run every test of the workspace; the kernel tests need root.
+    /// Run every test of the workspace; the kernel tests need root. Then the kernel tests on Debian's kernels in QEMU.
     Test(test::Args),
+    /// Run the kernel tests on other kernels: Debian's cloud kernels booted in QEMU, or the host's (`--kernel host`).
+    VmTest(vm_test::Args),
     /// Check formatting (nightly rustfmt) and run clippy on the user crates and on the eBPF crate.
     Lint(lint::Args),
     /// Run the benchmarks (`ztna-bench`).
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Setup(args) => setup::run(args),
         Command::Build(args) => build::run(args),
         Command::Test(args) => test::run(args),
+        Command::VmTest(args) => vm_test::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),

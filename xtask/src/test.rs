@@ -1,12 +1,16 @@
-//! `cargo xtask test`: every test of the workspace, as CI runs it (`.ci/run`).
+//! `cargo xtask test`: every test of the workspace, as CI runs it (`.ci/run`), then the kernel tests on Debian's
+//! kernels in QEMU (`cargo xtask vm-test`).
 
-use crate::{cmd, setup};
+use crate::{cmd, setup, vm_test};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Do not check or install the toolchain and packages first.
     #[arg(long)]
     skip_setup: bool,
+    /// Skip the kernel matrix in QEMU (`cargo xtask vm-test`) that runs after the host tests.
+    #[arg(long)]
+    no_vm: bool,
     /// Arguments for the test binaries, after `--` (for example `-- --test-threads=1`).
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -36,10 +40,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.test_args.is_empty() {
         cargo.arg("--").args(&args.test_args);
     }
-    let result = cmd::run(&mut cargo);
+    let host_result = cmd::run(&mut cargo);
     if !root {
         // Again at the end, where it is not lost above the test output.
         eprintln!("{NOT_ROOT_WARNING}");
     }
-    result
+    if args.no_vm {
+        return host_result;
+    }
+    // The VM matrix runs even when a host test failed: whether the other kernels fail the same way is worth knowing.
+    // The guests run the tests as root whoever runs xtask.
+    let kernels: Vec<String> = vm_test::DEBIAN_MATRIX
+        .iter()
+        .map(|kernel| (*kernel).to_owned())
+        .collect();
+    let vm_result = vm_test::run_matrix(&kernels, false, &args.test_args);
+    match (host_result, vm_result) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(host), Ok(())) => Err(host),
+        (Ok(()), Err(vm)) => Err(vm),
+        (Err(host), Err(vm)) => Err(anyhow::anyhow!("{host:#}; and in the VMs: {vm:#}")),
+    }
 }
