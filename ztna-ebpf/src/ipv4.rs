@@ -46,5 +46,6 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
         non_first_fragment: fragment & IPV4_FRAG_OFFSET_MASK != 0,
         l3_offset: offset,
         next_offset: offset + hdr_len,
+        end_offset: offset + total_len,
     })
 }

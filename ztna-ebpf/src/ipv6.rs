@@ -57,10 +57,16 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
     if version != 6 {
         return Err(DROP_BAD_L3);
     }
-    // A zero payload length announces a jumbogram; its real length is checked by the chain walk.
+    // A zero payload length announces a jumbogram, which runs to the end of the frame: no bound but
+    // the frame's own.
     if payload_len != 0 && ctx.data() + offset + IPV6_HDR_LEN + payload_len > ctx.data_end() {
         return Err(DROP_TRUNCATED_L3);
     }
+    let end_offset = if payload_len == 0 {
+        usize::MAX
+    } else {
+        offset + IPV6_HDR_LEN + payload_len
+    };
     Ok(L3 {
         ip_version: 6,
         proto: next,
@@ -68,6 +74,7 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
         non_first_fragment: false,
         l3_offset: offset,
         next_offset: offset + IPV6_HDR_LEN,
+        end_offset,
     })
 }
 
@@ -82,6 +89,10 @@ pub fn skip_extensions(ctx: &XdpContext, l3: &mut L3) -> Result<(), u32> {
             l3.proto = next;
             l3.next_offset = offset;
             return Ok(());
+        }
+        // Every extension header is at least 8 bytes, and must lie inside the datagram.
+        if offset + 8 > l3.end_offset {
+            return Err(DROP_TRUNCATED_L3);
         }
         let ext: [u8; 4] = read_at(ctx, offset).ok_or(DROP_TRUNCATED_L3)?;
         let len = match next {
@@ -100,6 +111,9 @@ pub fn skip_extensions(ctx: &XdpContext, l3: &mut L3) -> Result<(), u32> {
         };
         // The whole extension header must be inside the packet, not just its first bytes.
         ptr_at::<u8>(ctx, offset + len - 1).ok_or(DROP_TRUNCATED_L3)?;
+        if offset + len > l3.end_offset {
+            return Err(DROP_TRUNCATED_L3);
+        }
         next = ext[0];
         offset += len;
     }

@@ -23,8 +23,18 @@ pub struct L4 {
     pub icmp_type: u8,
 }
 
+/// Parses the transport header at `offset`; it must end by `end` (the end of the IP datagram).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, proto: u8, offset: usize) -> Result<L4, u32> {
+pub fn parse(ctx: &XdpContext, proto: u8, offset: usize, end: usize) -> Result<L4, u32> {
+    let header_len = match proto {
+        PROTO_TCP => TCP_MIN_HDR_LEN,
+        PROTO_UDP => UDP_HDR_LEN,
+        PROTO_ICMP | PROTO_ICMPV6 => ICMP_HDR_LEN,
+        _ => 0,
+    };
+    if offset + header_len > end {
+        return Err(DROP_TRUNCATED_L4);
+    }
     match proto {
         PROTO_TCP => {
             let hdr = ptr_at::<[u8; TCP_MIN_HDR_LEN]>(ctx, offset).ok_or(DROP_TRUNCATED_L4)?;

@@ -38,6 +38,10 @@ pub struct L3 {
     pub l3_offset: usize,
     /// Offset of the next header (options skipped; IPv6 extension headers not yet skipped).
     pub next_offset: usize,
+    /// Offset just past the datagram as its header states it (IPv4 total length, IPv6 payload
+    /// length). Bytes after it are Ethernet padding or junk that the stack trims, so no header the
+    /// verdict depends on may be read from them.
+    pub end_offset: usize,
 }
 
 /// Everything known about a packet when its verdict is reached; feeds the event record.
@@ -147,11 +151,15 @@ fn classify(ctx: &XdpContext, config: &GlobalConfig, info: &mut PacketInfo) -> R
         ipv6::skip_extensions(ctx, &mut l3)?;
     }
     info.proto = l3.proto;
-    let l4 = l4::parse(ctx, l3.proto, l3.next_offset)?;
+    let l4 = l4::parse(ctx, l3.proto, l3.next_offset, l3.end_offset)?;
     info.sport_be = l4.sport_be;
     info.dport_be = l4.dport_be;
     let src = source_address(ctx, &l3)?;
-    if l3.proto == l4::PROTO_ICMPV6 && l4::is_ipv6_link_control(l4.icmp_type, l3.hop_limit, &src) {
+    // Only IPv6 carries neighbour discovery: an IPv4 packet of protocol 58 is not exempt.
+    if l3.ip_version == 6
+        && l3.proto == l4::PROTO_ICMPV6
+        && l4::is_ipv6_link_control(l4.icmp_type, l3.hop_limit, &src)
+    {
         return Ok(PASS_NEIGHBOR_DISCOVERY);
     }
 
@@ -159,6 +167,11 @@ fn classify(ctx: &XdpContext, config: &GlobalConfig, info: &mut PacketInfo) -> R
     info.app_id = service.app_id;
     info.app_mode = service.mode;
 
+    // Grant keys hold IPv4 sources as ::ffff:a.b.c.d, so an IPv6 packet from that (IPv4-mapped)
+    // address would borrow the IPv4 host's grants. Such sources never appear on the wire legitimately.
+    if l3.ip_version == 6 && is_ipv4_mapped(&src) {
+        return Err(DROP_NO_GRANT);
+    }
     let key = GrantKey {
         src,
         app_id: service.app_id,
@@ -195,6 +208,12 @@ pub fn source_address(ctx: &XdpContext, l3: &L3) -> Result<[u8; 16], u32> {
     } else {
         read_at(ctx, l3.l3_offset + ipv6::IPV6_SRC_OFFSET).ok_or(DROP_TRUNCATED_L3)
     }
+}
+
+/// Whether an IPv6 address is IPv4-mapped (`::ffff:0:0/96`).
+#[inline(always)]
+fn is_ipv4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }
 
 /// The most specific service: exact (net, proto, port), else (net, proto, any port), else (net, any
