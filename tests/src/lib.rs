@@ -1,3 +1,5 @@
 //! Integration test helpers.
 
 pub mod netns;
+pub mod packet;
+pub mod root;
