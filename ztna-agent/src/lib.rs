@@ -6,4 +6,5 @@ pub mod compile;
 pub mod config;
 pub mod dataplane;
 pub mod identity;
+pub mod policy;
 pub mod posture;
