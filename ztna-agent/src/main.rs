@@ -116,11 +116,11 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let plan = &config.plan;
     println!(
-        "{}: valid; instance {:?}, {:?} mode, {} interface(s), {} app(s), {} prefix(es), {} service \
+        "{}: valid; instance {:?}, {} mode, {} interface(s), {} app(s), {} prefix(es), {} service \
          entries, {} static grant(s)",
         config.file,
         config.instance,
-        config.mode,
+        format!("{:?}", config.mode).to_lowercase(),
         config.interfaces.len(),
         plan.apps.len(),
         plan.prefixes.len(),
