@@ -3,7 +3,10 @@
 use aya_ebpf::programs::XdpContext;
 use ztna_common::verdict::{DROP_BAD_L3, DROP_TRUNCATED_L3};
 
-use crate::{parse::ptr_at, verdict::L3};
+use crate::{
+    parse::{MAX_DATAGRAM_LEN, ptr_at},
+    verdict::L3,
+};
 
 const IPV4_MIN_HDR_LEN: usize = 20;
 /// Fragment offset bits of the flags/fragment-offset field.
@@ -30,15 +33,16 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
     if version_ihl >> 4 != 4 {
         return Err(DROP_BAD_L3);
     }
+    if total_len > MAX_DATAGRAM_LEN {
+        return Err(DROP_TRUNCATED_L3);
+    }
     let hdr_len = usize::from(version_ihl & 0x0f) * 4;
     if hdr_len < IPV4_MIN_HDR_LEN || total_len < hdr_len {
         return Err(DROP_BAD_L3);
     }
     // Options present in full, and the datagram no longer than the frame.
     ptr_at::<u8>(ctx, offset + hdr_len - 1).ok_or(DROP_TRUNCATED_L3)?;
-    if ctx.data() + offset + total_len > ctx.data_end() {
-        return Err(DROP_TRUNCATED_L3);
-    }
+    ptr_at::<u8>(ctx, offset + total_len - 1).ok_or(DROP_TRUNCATED_L3)?;
     Ok(L3 {
         ip_version: 4,
         proto,

@@ -4,7 +4,7 @@ use aya_ebpf::programs::XdpContext;
 use ztna_common::verdict::{DROP_BAD_L3, DROP_EXT_HEADERS, DROP_FRAGMENT, DROP_TRUNCATED_L3};
 
 use crate::{
-    parse::{ptr_at, read_at},
+    parse::{MAX_DATAGRAM_LEN, ptr_at, read_at},
     verdict::L3,
 };
 
@@ -57,10 +57,13 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
     if version != 6 {
         return Err(DROP_BAD_L3);
     }
+    if payload_len > MAX_DATAGRAM_LEN {
+        return Err(DROP_TRUNCATED_L3);
+    }
     // A zero payload length announces a jumbogram, which runs to the end of the frame: no bound but
     // the frame's own.
-    if payload_len != 0 && ctx.data() + offset + IPV6_HDR_LEN + payload_len > ctx.data_end() {
-        return Err(DROP_TRUNCATED_L3);
+    if payload_len != 0 {
+        ptr_at::<u8>(ctx, offset + IPV6_HDR_LEN + payload_len - 1).ok_or(DROP_TRUNCATED_L3)?;
     }
     let end_offset = if payload_len == 0 {
         usize::MAX

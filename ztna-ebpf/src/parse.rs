@@ -3,16 +3,27 @@
 
 use aya_ebpf::programs::XdpContext;
 
-/// Largest offset the parser ever reads at; keeps every variable offset provably bounded for the
-/// verifier (Ethernet + 2 VLAN tags + IPv6 + a bounded extension-header chain).
-pub const MAX_OFFSET: usize = 0x3fff;
+/// Largest offset the parser reads at. The verifier tracks packet offsets only up to 0xffff
+/// (`MAX_PACKET_OFF`) and every read adds at most 64 bytes; rejecting larger offsets explicitly also
+/// gives the verifier a bound for values whose range it lost (older verifiers forget the range of a
+/// byte-swapped length).
+pub const MAX_OFFSET: usize = 0xffff - 64;
 
-/// A pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is too short.
+/// Largest IP datagram length the parsers accept from a header field. Checking the field itself right
+/// after reading it tells the verifier its range, which older verifiers (6.1, 6.12) lose across the
+/// byte swap of a big-endian load; a check folded into a later sum would not reach the register that
+/// the pointer arithmetic uses.
+pub const MAX_DATAGRAM_LEN: usize = MAX_OFFSET - 128;
+
+/// A pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is too short (or
+/// the offset beyond [`MAX_OFFSET`], which only a datagram claiming close to 64 KiB can reach).
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    let offset = offset & MAX_OFFSET;
+    if offset > MAX_OFFSET {
+        return None;
+    }
     if start + offset + size_of::<T>() > end {
         return None;
     }
