@@ -381,6 +381,43 @@ fn is_bpf_fs(path: &Path) -> bool {
     rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// Where distributions mount the BPF file system.
+const BPF_FS_DEFAULT: &str = "/sys/fs/bpf";
+
+/// Makes sure `root` lies on a BPF file system, mounting one at `/sys/fs/bpf` when nothing is mounted
+/// there yet (as systemd does on most distributions, but not in minimal systems and containers).
+fn ensure_bpf_fs(root: &Path) -> Result<()> {
+    if root.ancestors().any(is_bpf_fs) {
+        return Ok(());
+    }
+    let default = Path::new(BPF_FS_DEFAULT);
+    if root.starts_with(default) && !is_bpf_fs(default) {
+        let target = CString::new(BPF_FS_DEFAULT).expect("no NUL in a constant");
+        let fstype = CString::new("bpf").expect("no NUL in a constant");
+        // SAFETY: valid C strings; no mount data.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            info!("mounted a BPF file system at {BPF_FS_DEFAULT}");
+            return Ok(());
+        }
+        warn!(
+            "could not mount a BPF file system at {BPF_FS_DEFAULT}: {}",
+            io::Error::last_os_error()
+        );
+    }
+    Err(DataplaneError::NotBpfFs {
+        path: root.to_owned(),
+    })
+}
+
 /// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`; lift it so that large grant maps load.
 fn raise_memlock_limit() {
     let limit = libc::rlimit {
@@ -421,10 +458,7 @@ impl Dataplane {
         let pin_dir = match &options.instance {
             Some(instance) => {
                 let root = &options.pin_root;
-                let bpffs_mount = root.ancestors().find(|p| is_bpf_fs(p));
-                if bpffs_mount.is_none() {
-                    return Err(DataplaneError::NotBpfFs { path: root.clone() });
-                }
+                ensure_bpf_fs(root)?;
                 let dir = root.join(instance);
                 fs::create_dir_all(&dir).map_err(|source| DataplaneError::PinDir {
                     path: dir.clone(),
