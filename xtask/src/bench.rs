@@ -34,18 +34,8 @@ impl Suite {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     setup::prepare(setup::Needs::Run)?;
-    cmd::run(
-        cmd::cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "ztna-tests",
-                "--bin",
-                "ztna-bench",
-                "--",
-                args.suite.as_arg(),
-            ])
-            .args(&args.bench_args),
+    cmd::run_tests_binary(
+        "ztna-bench",
+        std::iter::once(args.suite.as_arg()).chain(args.bench_args.iter().map(String::as_str)),
     )
 }

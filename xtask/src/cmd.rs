@@ -37,6 +37,25 @@ pub fn cargo_nightly() -> Command {
     cargo
 }
 
+/// `cargo run --release` of a binary of the `ztna-tests` crate (the benchmark, the demo) with `args`.
+pub fn run_tests_binary<I, S>(binary: &str, args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "ztna-tests",
+            "--bin",
+            binary,
+            "--",
+        ])
+        .args(args))
+}
+
 /// Echoes `cmd` as `$ ...`, runs it with the terminal's stdin, stdout and stderr, and fails unless it succeeds.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let line = display(cmd);

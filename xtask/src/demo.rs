@@ -11,17 +11,5 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     setup::prepare(setup::Needs::Run)?;
-    cmd::run(
-        cmd::cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "ztna-tests",
-                "--bin",
-                "ztna-demo",
-                "--",
-            ])
-            .args(&args.demo_args),
-    )
+    cmd::run_tests_binary("ztna-demo", &args.demo_args)
 }

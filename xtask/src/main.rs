@@ -1,5 +1,6 @@
 //! Developer and CI entry points for the ztna workspace: `cargo xtask <command>`.
 
+mod artifacts;
 mod bench;
 mod build;
 mod cmd;

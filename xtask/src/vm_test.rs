@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{cmd, setup};
+use crate::{artifacts, cmd, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -258,7 +258,7 @@ impl Artifacts {
             "--no-run",
             "--message-format=json-render-diagnostics",
         ]))?;
-        let tests: Vec<TestExecutable> = cargo_executables(&messages, true)?
+        let tests: Vec<TestExecutable> = artifacts::executables(&messages, artifacts::Kind::Test)?
             .into_iter()
             .map(|path| TestExecutable {
                 name: test_name(&path),
@@ -276,57 +276,8 @@ impl Artifacts {
             "--bins",
             "--message-format=json-render-diagnostics",
         ]))?;
-        let binaries = cargo_executables(&messages, false)?;
+        let binaries = artifacts::executables(&messages, artifacts::Kind::Bin)?;
         Ok(Self { tests, binaries })
-    }
-}
-
-/// The `executable` paths in cargo's `compiler-artifact` messages: of integration test targets (`tests`) or of
-/// binaries. Only these few fields are needed, so they are picked out here rather than pulling a JSON parser into
-/// xtask.
-fn cargo_executables(messages: &str, tests: bool) -> anyhow::Result<Vec<PathBuf>> {
-    const KEY: &str = r#""executable":""#;
-    let kind = if tests {
-        r#""kind":["test"]"#
-    } else {
-        r#""kind":["bin"]"#
-    };
-    let mut executables = Vec::new();
-    for line in messages.lines() {
-        if !line.starts_with(r#"{"reason":"compiler-artifact""#) || !line.contains(kind) {
-            continue;
-        }
-        let Some(start) = line.find(KEY) else {
-            continue;
-        };
-        let executable = json_string(&line[start + KEY.len()..])
-            .with_context(|| format!("failed to read the executable path in {line}"))?;
-        executables.push(PathBuf::from(executable));
-    }
-    Ok(executables)
-}
-
-/// Decodes a JSON string body up to its closing quote (the opening quote already consumed).
-fn json_string(body: &str) -> Option<String> {
-    let mut decoded = String::new();
-    let mut chars = body.chars();
-    loop {
-        match chars.next()? {
-            '"' => return Some(decoded),
-            '\\' => decoded.push(match chars.next()? {
-                'n' => '\n',
-                't' => '\t',
-                'r' => '\r',
-                'b' => '\u{8}',
-                'f' => '\u{c}',
-                'u' => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
-                }
-                escaped => escaped,
-            }),
-            plain => decoded.push(plain),
-        }
     }
 }
 
@@ -1419,25 +1370,10 @@ mod tests {
     }
 
     #[test]
-    fn finds_test_and_binary_executables() {
-        let messages = concat!(
-            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"ztna_tests"},"executable":null}"#,
-            "\n",
-            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"load"},"executable":"/w/target/release/deps/load-97ff474592940f84"}"#,
-            "\n",
-            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"ztna-agent"},"executable":"/w/target/release/ztna-agent"}"#,
-        );
-        let tests = cargo_executables(messages, true).unwrap();
+    fn test_names_drop_the_hash() {
         assert_eq!(
-            tests,
-            [PathBuf::from(
-                "/w/target/release/deps/load-97ff474592940f84"
-            )]
-        );
-        assert_eq!(test_name(&tests[0]), "load");
-        assert_eq!(
-            cargo_executables(messages, false).unwrap(),
-            [PathBuf::from("/w/target/release/ztna-agent")]
+            test_name(Path::new("/w/target/release/deps/load-97ff474592940f84")),
+            "load"
         );
     }
 
