@@ -420,8 +420,12 @@ enum RawDuration {
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
@@ -902,13 +906,13 @@ impl Validator<'_> {
     }
 }
 
-/// Parses `10.0.0.0/24`, `fd00::/64`, or a bare address (a /32 or /128).
-fn parse_prefix(text: &str) -> Result<IpNet, String> {
+/// Parses `10.0.0.0/24`, `fd00::/64`, or a bare address (a /32 or /128), refusing set host bits.
+pub(crate) fn parse_prefix(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     let net = match text.parse::<IpNet>() {
         Ok(net) => net,
         Err(_) => match text.parse::<IpAddr>() {
-            Ok(addr) => IpNet::from(addr),
+            Ok(addr) => IpNet::from(addr.to_canonical()),
             Err(_) => {
                 return Err(
                     "expected an IPv4 or IPv6 prefix such as \"10.0.100.0/24\" or \"fd00:100::/64\", \
@@ -923,8 +927,8 @@ fn parse_prefix(text: &str) -> Result<IpNet, String> {
         && v6.prefix_len() >= 96
     {
         return Err(format!(
-            "an IPv4-mapped prefix never matches: IPv4 packets are looked up by their IPv4 \
-             address; write it as \"{v4}/{}\"",
+            "an IPv4-mapped prefix never matches: IPv4 traffic is matched by its IPv4 address; \
+             write it as \"{v4}/{}\"",
             v6.prefix_len() - 96
         ));
     }

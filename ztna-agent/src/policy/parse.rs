@@ -7,12 +7,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::IpAddr,
     ops::Range,
     time::Duration,
 };
 
-use ipnet::IpNet;
 use jiff::tz::TimeZone;
 use serde_json::Value as Json;
 use toml::{
@@ -23,7 +21,7 @@ use toml::{
 use super::{ClaimCondition, Context, DeviceRequirement, Policy, Rule, TimeWindow, Who};
 use crate::{
     compile::{self, CompileError},
-    config::{App, AppMode, Service, parse_duration},
+    config::{App, AppMode, Service, line_column, parse_duration, parse_prefix},
     identity::{ClaimPath, MfaRequirement},
     posture::{OsVersion, PostureProfile, Signal},
 };
@@ -1109,54 +1107,7 @@ fn list_or_none<'a>(names: impl Iterator<Item = &'a str>, hint: &str) -> String 
     }
 }
 
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
-}
 
-/// Parses `10.0.0.0/24`, `fd00::/64`, or a bare address (a /32 or /128), refusing set host bits.
-///
-/// The same rules as the agent configuration's prefixes (`config.rs` keeps its own copy private).
-pub(super) fn parse_prefix(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    let net = match text.parse::<IpNet>() {
-        Ok(net) => net,
-        Err(_) => match text.parse::<IpAddr>() {
-            Ok(addr) => IpNet::from(addr.to_canonical()),
-            Err(_) => {
-                return Err(
-                    "expected an IPv4 or IPv6 prefix such as \"10.0.100.0/24\" or \"fd00:100::/64\", \
-                     with a length of at most 32 (IPv4) or 128 (IPv6)"
-                        .into(),
-                );
-            }
-        },
-    };
-    if let IpNet::V6(v6) = net
-        && let Some(v4) = v6.addr().to_ipv4_mapped()
-        && v6.prefix_len() >= 96
-    {
-        return Err(format!(
-            "an IPv4-mapped prefix never matches: IPv4 traffic is matched by its IPv4 address; \
-             write it as \"{v4}/{}\"",
-            v6.prefix_len() - 96
-        ));
-    }
-    if net.trunc() != net {
-        return Err(format!(
-            "host bits are set; did you mean \"{}\"?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
 
 /// `mon`..`sun`, a range such as `mon-fri` (ranges may wrap: `fri-mon`), `weekdays`, `weekend`.
 fn parse_days(text: &str) -> Result<[bool; 7], String> {

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 use jiff::Timestamp;
 use serde_json::json;
 
-use super::{check::check, parse::parse_prefix, *};
+use super::{check::check, *};
+use crate::config::parse_prefix;
 use crate::posture::PostureReport;
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/policy.toml");
