@@ -240,9 +240,15 @@ pub fn deadline_after(ttl: Duration) -> u64 {
 
 /// Kernel features the XDP program and the agent rely on, with the release that brought each.
 const KERNEL_FEATURES: [((u32, u32), &str); 4] = [
-    ((5, 3), "bounded loops in the verifier (IPv6 extension-header walk)"),
+    (
+        (5, 3),
+        "bounded loops in the verifier (IPv6 extension-header walk)",
+    ),
     ((5, 8), "the BPF ring buffer (deny events)"),
-    ((5, 9), "BPF links for XDP (pinned attachments that survive an agent restart)"),
+    (
+        (5, 9),
+        "BPF links for XDP (pinned attachments that survive an agent restart)",
+    ),
     (
         (5, 11),
         "bpf_ktime_get_coarse_ns (grant expiry in the kernel) and memcg accounting of BPF maps",
@@ -1164,7 +1170,9 @@ mod tests {
         assert_eq!(parse_kernel_release("6.18.44-fc-v1147"), Some((6, 18)));
         assert!(check_kernel_release("6.1.0-28-cloud-amd64").is_ok());
         assert!(check_kernel_release("5.15.0").is_ok());
-        let err = check_kernel_release("5.10.0-30-amd64").unwrap_err().to_string();
+        let err = check_kernel_release("5.10.0-30-amd64")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bpf_ktime_get_coarse_ns"), "{err}");
         assert!(err.contains("5.11"), "{err}");
         let err = check_kernel_release("4.19.0").unwrap_err().to_string();

@@ -82,7 +82,10 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     if parsed.rounds == 0 || parsed.repeat == 0 || parsed.grants.is_empty() {
-        bail!("--rounds, --repeat and --grants must be positive\n{}", usage());
+        bail!(
+            "--rounds, --repeat and --grants must be positive\n{}",
+            usage()
+        );
     }
     Ok(parsed)
 }
@@ -171,7 +174,10 @@ fn prepare(grants: u32) -> anyhow::Result<Dataplane> {
         ..LoadOptions::default()
     })
     .context("failed to load the XDP program (run as root)")?;
-    dataplane.add_prefix(Prefix::new(IpAddr::V4(Ipv4Addr::new(10, 2, 0, 0)), 16)?, NET_ID)?;
+    dataplane.add_prefix(
+        Prefix::new(IpAddr::V4(Ipv4Addr::new(10, 2, 0, 0)), 16)?,
+        NET_ID,
+    )?;
     dataplane.add_prefix(Prefix::new(IpAddr::V6(SERVER_V6), 64)?, NET_ID)?;
     dataplane.add_service(
         ServiceKey::new(NET_ID, 6, PORT),
@@ -296,7 +302,10 @@ fn main() -> anyhow::Result<()> {
 
 fn render(args: &Args, rows: &[Row], memory: &[(u32, u32, u64)], took: Duration) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "### Data plane: per-packet cost through `BPF_PROG_TEST_RUN`\n");
+    let _ = writeln!(
+        out,
+        "### Data plane: per-packet cost through `BPF_PROG_TEST_RUN`\n"
+    );
     let _ = writeln!(
         out,
         "Command: `cargo xtask bench dataplane` ({} rounds, repeat {} per measurement, medians; \

@@ -1107,8 +1107,6 @@ fn list_or_none<'a>(names: impl Iterator<Item = &'a str>, hint: &str) -> String 
     }
 }
 
-
-
 /// `mon`..`sun`, a range such as `mon-fri` (ranges may wrap: `fri-mon`), `weekdays`, `weekend`.
 fn parse_days(text: &str) -> Result<[bool; 7], String> {
     const FULL: [&str; 7] = [

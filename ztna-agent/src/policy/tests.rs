@@ -6,8 +6,7 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::{check::check, *};
-use crate::config::parse_prefix;
-use crate::posture::PostureReport;
+use crate::{config::parse_prefix, posture::PostureReport};
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/policy.toml");
 
