@@ -33,12 +33,13 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
     if version_ihl >> 4 != 4 {
         return Err(DROP_BAD_L3);
     }
-    if total_len > MAX_DATAGRAM_LEN {
-        return Err(DROP_TRUNCATED_L3);
-    }
     let hdr_len = usize::from(version_ihl & 0x0f) * 4;
     if hdr_len < IPV4_MIN_HDR_LEN || total_len < hdr_len {
         return Err(DROP_BAD_L3);
+    }
+    // No frame the parser reads is this long, so such a datagram is cut short.
+    if total_len > MAX_DATAGRAM_LEN {
+        return Err(DROP_TRUNCATED_L3);
     }
     // Options present in full, and the datagram no longer than the frame.
     ptr_at::<u8>(ctx, offset + hdr_len - 1).ok_or(DROP_TRUNCATED_L3)?;
