@@ -42,8 +42,9 @@ use ztna_common::{
     verdict::{
         DROP_BAD_L3, DROP_BAD_L4, DROP_EXPIRED, DROP_EXT_HEADERS, DROP_FRAGMENT, DROP_NO_GRANT,
         DROP_NO_SERVICE, DROP_STALE_EPOCH, DROP_TRUNCATED_L2, DROP_TRUNCATED_L3, DROP_TRUNCATED_L4,
-        DROP_VLAN_DEPTH, PASS_GRANT, PASS_NEIGHBOR_DISCOVERY, PASS_NOT_IP, PASS_NOT_PROTECTED,
-        REASON_COUNT, STATS_LEN, WOULD_DROP_BASE, is_pass, reason_name, stat_index,
+        DROP_VLAN_DEPTH, MAX_CHECKED_DATAGRAM_LEN, PASS_GRANT, PASS_NEIGHBOR_DISCOVERY,
+        PASS_NOT_IP, PASS_NOT_PROTECTED, REASON_COUNT, STATS_LEN, WOULD_DROP_BASE, is_pass,
+        reason_name, stat_index,
     },
 };
 use ztna_tests::{
@@ -275,6 +276,8 @@ struct IpInfo<'a> {
     source_v6: Option<Ipv6Addr>,
     hop_limit: u8,
     non_first_fragment: bool,
+    /// The length field claims more than the program can check against the frame.
+    oversized: bool,
     /// Protocol of the fixed header (IPv6: the first next-header).
     protocol: u8,
     /// The datagram after the fixed header (and IPv4 options): exactly what its length field says.
@@ -317,6 +320,9 @@ fn classify(frame: &[u8], policy: &Policy) -> Result<Judgement, Judgement> {
     let Some(net) = ip.net else {
         return Ok(verdict(PASS_NOT_PROTECTED));
     };
+    if ip.oversized {
+        return Err(verdict(DROP_TRUNCATED_L3));
+    }
     if ip.non_first_fragment {
         return Err(verdict(DROP_FRAGMENT));
     }
@@ -371,10 +377,13 @@ fn ipv4<'a>(packet: &'a [u8], policy: &Policy) -> Result<IpInfo<'a>, Judgement> 
     if total_len < header_len {
         return Err(verdict(DROP_BAD_L3));
     }
-    if total_len > packet.len() {
+    // A length the program cannot check against the frame is judged once the destination is known.
+    let oversized = total_len > MAX_CHECKED_DATAGRAM_LEN;
+    if !oversized && total_len > packet.len() {
         return Err(verdict(DROP_TRUNCATED_L3));
     }
     Ok(IpInfo {
+        oversized,
         source: header.source_addr().into(),
         net: policy.net_v4(header.destination_addr()),
         is_ipv6: false,
@@ -382,7 +391,7 @@ fn ipv4<'a>(packet: &'a [u8], policy: &Policy) -> Result<IpInfo<'a>, Judgement> 
         hop_limit: header.ttl(),
         non_first_fragment: header.fragments_offset().value() != 0,
         protocol: header.protocol().0,
-        payload: &packet[header_len..total_len],
+        payload: &packet[header_len..total_len.min(packet.len())],
     })
 }
 
@@ -393,12 +402,15 @@ fn ipv6<'a>(packet: &'a [u8], policy: &Policy) -> Result<IpInfo<'a>, Judgement> 
     })?;
     let rest = &packet[header.slice().len()..];
     // RFC 2675: a zero payload length announces a jumbogram, which runs to the end of the frame.
+    let oversized = usize::from(header.payload_length()) > MAX_CHECKED_DATAGRAM_LEN;
     let payload = match usize::from(header.payload_length()) {
         0 => rest,
+        _ if oversized => rest,
         len if len > rest.len() => return Err(verdict(DROP_TRUNCATED_L3)),
         len => &rest[..len],
     };
     Ok(IpInfo {
+        oversized,
         // Not canonicalised: an IPv4-mapped source on the wire is not the IPv4 host.
         source: header.source_addr().into(),
         net: policy.net_v6(header.destination_addr()),

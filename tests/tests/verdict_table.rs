@@ -372,6 +372,16 @@ fn cases() -> Vec<Case> {
             Drop(DROP_TRUNCATED_L3),
         ),
         case(
+            "IPv4 total length past what XDP can check, to a protected host",
+            ssh4().ipv4(v4(CLIENT_V4, SERVER_V4).total_len(65_500)),
+            Drop(DROP_TRUNCATED_L3),
+        ),
+        case(
+            "IPv4 total length past what XDP can check (a GRO-merged packet), not protected",
+            tcp4(CLIENT_V4, OUTSIDE_V4, 22).ipv4(v4(CLIENT_V4, OUTSIDE_V4).total_len(65_500)),
+            Pass(PASS_NOT_PROTECTED),
+        ),
+        case(
             "IPv4 options cut short (IHL 15, frame ends inside the options)",
             ssh4()
                 .ipv4(v4(CLIENT_V4, SERVER_V4).options(&[1; 40]))

@@ -38,6 +38,13 @@ pub const DROP_EXPIRED: u32 = 14;
 /// The grant was written under an older epoch (mass revocation).
 pub const DROP_STALE_EPOCH: u32 = 15;
 
+/// Largest IP datagram length (IPv4 total length, IPv6 payload length) whose extent the XDP program
+/// checks against the frame. The verifier follows packet offsets only up to 64 KiB, so a longer claim
+/// cannot be checked: such a packet passes when its destination is not protected (generic XDP sees
+/// GRO-merged packets of up to 64 KiB, and the stack judges the length itself) and is dropped as
+/// [`DROP_TRUNCATED_L3`] when it is.
+pub const MAX_CHECKED_DATAGRAM_LEN: usize = 65_343;
+
 /// Number of verdict reasons.
 pub const REASON_COUNT: u32 = 16;
 

@@ -37,18 +37,19 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
     if hdr_len < IPV4_MIN_HDR_LEN || total_len < hdr_len {
         return Err(DROP_BAD_L3);
     }
-    // No frame the parser reads is this long, so such a datagram is cut short.
-    if total_len > MAX_DATAGRAM_LEN {
-        return Err(DROP_TRUNCATED_L3);
-    }
+    // A longer claim cannot be checked against the frame: judged once the destination is known.
+    let oversized = total_len > MAX_DATAGRAM_LEN;
     // Options present in full, and the datagram no longer than the frame.
     ptr_at::<u8>(ctx, offset + hdr_len - 1).ok_or(DROP_TRUNCATED_L3)?;
-    ptr_at::<u8>(ctx, offset + total_len - 1).ok_or(DROP_TRUNCATED_L3)?;
+    if !oversized {
+        ptr_at::<u8>(ctx, offset + total_len - 1).ok_or(DROP_TRUNCATED_L3)?;
+    }
     Ok(L3 {
         ip_version: 4,
         proto,
         hop_limit: ttl,
         non_first_fragment: fragment & IPV4_FRAG_OFFSET_MASK != 0,
+        oversized,
         l3_offset: offset,
         next_offset: offset + hdr_len,
         end_offset: offset + total_len,

@@ -57,12 +57,11 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
     if version != 6 {
         return Err(DROP_BAD_L3);
     }
-    if payload_len > MAX_DATAGRAM_LEN {
-        return Err(DROP_TRUNCATED_L3);
-    }
+    // A longer claim cannot be checked against the frame: judged once the destination is known.
+    let oversized = payload_len > MAX_DATAGRAM_LEN;
     // A zero payload length announces a jumbogram, which runs to the end of the frame: no bound but
     // the frame's own.
-    if payload_len != 0 {
+    if payload_len != 0 && !oversized {
         ptr_at::<u8>(ctx, offset + IPV6_HDR_LEN + payload_len - 1).ok_or(DROP_TRUNCATED_L3)?;
     }
     let end_offset = if payload_len == 0 {
@@ -75,6 +74,7 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, u32> {
         proto: next,
         hop_limit,
         non_first_fragment: false,
+        oversized,
         l3_offset: offset,
         next_offset: offset + IPV6_HDR_LEN,
         end_offset,

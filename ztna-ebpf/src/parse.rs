@@ -2,6 +2,7 @@
 //! a pointer.
 
 use aya_ebpf::programs::XdpContext;
+use ztna_common::verdict::MAX_CHECKED_DATAGRAM_LEN;
 
 /// Largest offset the parser reads at. The verifier tracks packet offsets only up to 0xffff
 /// (`MAX_PACKET_OFF`) and every read adds at most 64 bytes; rejecting larger offsets explicitly also
@@ -9,11 +10,12 @@ use aya_ebpf::programs::XdpContext;
 /// byte-swapped length).
 pub const MAX_OFFSET: usize = 0xffff - 64;
 
-/// Largest IP datagram length the parsers accept from a header field. Checking the field itself right
-/// after reading it tells the verifier its range, which older verifiers (6.1, 6.12) lose across the
-/// byte swap of a big-endian load; a check folded into a later sum would not reach the register that
-/// the pointer arithmetic uses.
-pub const MAX_DATAGRAM_LEN: usize = MAX_OFFSET - 128;
+/// Largest IP datagram length checked against the frame ([`MAX_CHECKED_DATAGRAM_LEN`]). Checking the
+/// length field itself before it meets a packet pointer tells the verifier its range, which older
+/// verifiers (6.1, 6.12) lose across the byte swap of a big-endian load; a check folded into a later
+/// sum would not reach the register that the pointer arithmetic uses.
+pub const MAX_DATAGRAM_LEN: usize = MAX_CHECKED_DATAGRAM_LEN;
+const _: () = assert!(MAX_DATAGRAM_LEN + 128 <= MAX_OFFSET);
 
 /// A pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is too short (or
 /// the offset beyond [`MAX_OFFSET`], which only a datagram claiming close to 64 KiB can reach).

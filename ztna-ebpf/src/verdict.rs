@@ -34,6 +34,8 @@ pub struct L3 {
     pub proto: u8,
     pub hop_limit: u8,
     pub non_first_fragment: bool,
+    /// The datagram claims more than `MAX_CHECKED_DATAGRAM_LEN` bytes, which cannot be checked.
+    pub oversized: bool,
     /// Offset of the IP header.
     pub l3_offset: usize,
     /// Offset of the next header (options skipped; IPv6 extension headers not yet skipped).
@@ -144,6 +146,9 @@ fn classify(ctx: &XdpContext, config: &GlobalConfig, info: &mut PacketInfo) -> R
     };
 
     // From here on the destination is protected: anything we cannot parse is dropped.
+    if l3.oversized {
+        return Err(DROP_TRUNCATED_L3);
+    }
     if l3.non_first_fragment {
         return Err(DROP_FRAGMENT);
     }
