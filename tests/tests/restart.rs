@@ -12,12 +12,8 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, Map, MapData};
-use ztna_agent::dataplane::grant_source;
-use ztna_common::{
-    grant::{GrantKey, GrantValue},
-    maps,
-};
+use ztna_agent::dataplane::{GrantEntry, pinned_grant as read_pinned_grant};
+use ztna_common::maps;
 use ztna_tests::netns::{
     ByteSink, EchoServer, Family, Lab, LabOptions, Probe, Writer, agent_binary, eventually,
     tcp_echo,
@@ -60,19 +56,8 @@ ttl = "10m"
 }
 
 /// The grant of `source` for app 1, read straight from the pinned map.
-fn pinned_grant(lab: &Lab, source: IpAddr) -> Option<GrantValue> {
-    let data = MapData::from_pin(lab.pin_dir().join(maps::GRANTS)).expect("open the pinned GRANTS");
-    let grants: HashMap<MapData, GrantKey, GrantValue> =
-        HashMap::try_from(Map::HashMap(data)).expect("GRANTS is a hash map");
-    grants
-        .get(
-            &GrantKey {
-                src: grant_source(source),
-                app_id: 1,
-            },
-            0,
-        )
-        .ok()
+fn pinned_grant(lab: &Lab, source: IpAddr) -> Option<GrantEntry> {
+    read_pinned_grant(&lab.pin_dir(), source, 1).expect("read the pinned grant table")
 }
 
 fn probe_b(lab: &Lab, echo: SocketAddr) -> Probe {

@@ -12,7 +12,7 @@
 //! ```toml
 //! instance = "lab"              # pins live under /sys/fs/bpf/ztna/lab/
 //! mode = "enforce"              # enforce | monitor
-//! grants_capacity = 65536       # size of the preallocated grant map
+//! grants_capacity = 65536       # grants the grant table admits
 //! sweep_interval = "10s"        # how often expired grants are removed from the map
 //!
 //! [events]                      # sampled deny / would-deny events, per CPU

@@ -13,13 +13,14 @@ use std::{
     net::IpAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     path::{Path, PathBuf},
+    ptr::NonNull,
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf,
+        Array, Map, MapData, MapError, MapType, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -33,12 +34,14 @@ use tracing::{info, warn};
 use ztna_common::{
     config::{EventBucket, GlobalConfig, MODE_ENFORCE, MODE_MONITOR},
     event::Event,
-    grant::{EPOCH_MASK, GrantKey, GrantValue},
+    grant::{EPOCH_MASK, GrantBucket, GrantKey, GrantSlot, buckets_for_capacity},
     maps,
     net::{ProtectedNet, v4_mapped},
     service::{ServiceKey, ServiceLpmData, ServiceValue},
     verdict::STATS_LEN,
 };
+
+use crate::grant_table::{BucketMemory, GrantTable, TableError};
 
 /// The XDP object built by `build.rs`.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztna"));
@@ -122,6 +125,17 @@ pub enum DataplaneError {
     },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] Box<ProgramError>),
+    #[error("failed to map the grant table {name} into memory: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the pinned grant table does not match its configuration ({detail}); it was left by another \
+         ztna version or is damaged: remove the instance's pins ({path}) and restart"
+    )]
+    PinnedTable { detail: String, path: PathBuf },
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -303,7 +317,7 @@ pub struct LoadOptions {
     pub instance: Option<String>,
     /// Root of the pin directories; [`maps::PIN_ROOT`] by default.
     pub pin_root: PathBuf,
-    /// Capacity of the preallocated grant map.
+    /// Grants the grant table admits (it is sized for them at no more than 90 % load).
     pub grants_capacity: u32,
 }
 
@@ -348,8 +362,7 @@ pub struct Dataplane {
     protected_v4: LpmTrie<MapData, [u8; 4], ProtectedNet>,
     protected_v6: LpmTrie<MapData, [u8; 16], ProtectedNet>,
     services: LpmTrie<MapData, ServiceLpmData, ServiceValue>,
-    grants: HashMap<MapData, GrantKey, GrantValue>,
-    grants_capacity: u32,
+    grants: GrantTable<MappedBuckets>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     _event_bucket: PerCpuArray<MapData, EventBucket>,
@@ -486,7 +499,7 @@ impl Dataplane {
             None => Vec::new(),
         };
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(maps::GRANTS, options.grants_capacity);
+        loader.map_max_entries(maps::GRANTS, buckets_for_capacity(options.grants_capacity));
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -506,26 +519,28 @@ impl Dataplane {
                 .map_err(|e| DataplaneError::Verify(Box::new(e)))?;
         }
 
-        let grants: HashMap<MapData, GrantKey, GrantValue> = take_map(&mut ebpf, maps::GRANTS)?;
-        let grants_capacity = grants
-            .map()
-            .info()
-            .map(|info| info.max_entries())
-            .unwrap_or(options.grants_capacity);
-        if grants_capacity != options.grants_capacity {
+        let config: Array<MapData, GlobalConfig> = take_map(&mut ebpf, maps::CONFIG)?;
+        let grants = open_grant_table(
+            &mut ebpf,
+            &config,
+            reused_pins,
+            options.grants_capacity,
+            pin_dir.as_deref(),
+        )?;
+        if grants.capacity() != options.grants_capacity {
             warn!(
-                "pinned grant map holds {grants_capacity} entries, configuration asks for {}; \
-                 keeping the pinned map (remove the instance's pins to resize)",
+                "pinned grant table holds {} grants, configuration asks for {}; keeping the pinned \
+                 table (remove the instance's pins to resize)",
+                grants.capacity(),
                 options.grants_capacity
             );
         }
         let mut dataplane = Self {
-            config: take_map(&mut ebpf, maps::CONFIG)?,
+            config,
             protected_v4: take_map(&mut ebpf, maps::PROTECTED_V4)?,
             protected_v6: take_map(&mut ebpf, maps::PROTECTED_V6)?,
             services: take_map(&mut ebpf, maps::SERVICES)?,
             grants,
-            grants_capacity,
             stats: take_map(&mut ebpf, maps::STATS)?,
             events: Some(take_map(&mut ebpf, maps::EVENTS)?),
             _event_bucket: take_map(&mut ebpf, maps::EVENT_BUCKET)?,
@@ -534,6 +549,10 @@ impl Dataplane {
             reused_pins,
             attachments: BTreeMap::new(),
         };
+        // Writes the grant table's seed and size into CONFIG (a fresh instance, or a pinned one that
+        // predates them), where the XDP program reads them.
+        let current = dataplane.config()?;
+        dataplane.set_config(&current)?;
         if reused_pins {
             info!(
                 "reusing pinned maps in {} ({} live grants)",
@@ -787,7 +806,16 @@ impl Dataplane {
             .map_err(map_err("read the configuration", maps::CONFIG))
     }
 
+    /// Writes the configuration entry. The grant table's fields (seed, buckets, capacity) belong to
+    /// the table and are kept whatever `config` says: with others the XDP program would look grants up
+    /// in the wrong buckets.
     pub fn set_config(&mut self, config: &GlobalConfig) -> Result<()> {
+        let config = GlobalConfig {
+            grant_seed: self.grants.seed(),
+            grant_buckets: self.grants.buckets(),
+            grant_capacity: self.grants.capacity(),
+            ..*config
+        };
         self.config
             .set(0, config, 0)
             .map_err(map_err("write the configuration", maps::CONFIG))
@@ -930,24 +958,16 @@ impl Dataplane {
     /// `expires_at_ns` on the kernel's monotonic clock ([`deadline_after`]). Counters restart.
     pub fn upsert_grant(&mut self, source: IpAddr, app_id: u32, expires_at_ns: u64) -> Result<()> {
         let epoch = self.epoch()?;
-        let key = GrantKey {
-            src: grant_source(source),
-            app_id,
-        };
         self.grants
-            .insert(key, GrantValue::new(expires_at_ns, epoch), 0)
-            .map_err(|source| match &source {
-                MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                    DataplaneError::MapFull {
-                        name: maps::GRANTS,
-                        capacity: self.grants_capacity,
-                    }
+            .upsert(&grant_key(source, app_id), expires_at_ns, epoch)
+            .map_err(|error| {
+                if let TableError::NoSlot { .. } = error {
+                    warn!("{error}");
                 }
-                _ => DataplaneError::Map {
-                    action: "install a grant",
+                DataplaneError::MapFull {
                     name: maps::GRANTS,
-                    source: Box::new(source),
-                },
+                    capacity: self.grants.capacity(),
+                }
             })
     }
 
@@ -958,65 +978,35 @@ impl Dataplane {
         app_id: u32,
         expires_at_ns: u64,
     ) -> Result<bool> {
-        let key = GrantKey {
-            src: grant_source(source),
-            app_id,
-        };
-        match self.grants.get(&key, 0) {
-            Ok(mut value) => {
-                value.expires_at_ns = expires_at_ns;
-                self.grants
-                    .insert(key, value, 0)
-                    .map_err(map_err("extend a grant", maps::GRANTS))?;
-                Ok(true)
-            }
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(map_err("read a grant", maps::GRANTS)(e)),
-        }
+        Ok(self
+            .grants
+            .extend(&grant_key(source, app_id), expires_at_ns))
     }
 
     /// Removes the grant for (`source`, `app_id`); returns whether there was one.
     pub fn remove_grant(&mut self, source: IpAddr, app_id: u32) -> Result<bool> {
-        let key = GrantKey {
-            src: grant_source(source),
-            app_id,
-        };
-        match self.grants.remove(&key) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(false)
-            }
-            Err(e) => Err(map_err("remove a grant", maps::GRANTS)(e)),
-        }
+        Ok(self.grants.remove(&grant_key(source, app_id)))
     }
 
     pub fn grant(&self, source: IpAddr, app_id: u32) -> Result<Option<GrantEntry>> {
-        let key = GrantKey {
-            src: grant_source(source),
-            app_id,
-        };
-        match self.grants.get(&key, 0) {
-            Ok(value) => Ok(Some(decode_grant(&key, &value))),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("read a grant", maps::GRANTS)(e)),
-        }
+        Ok(self
+            .grants
+            .get(&grant_key(source, app_id))
+            .map(|slot| decode_grant(&slot)))
     }
 
-    /// Every grant in the map, live or not.
+    /// Every grant in the table, live or not.
     pub fn grants(&self) -> Result<Vec<GrantEntry>> {
-        self.grants
-            .iter()
-            .map(|item| {
-                item.map(|(key, value)| decode_grant(&key, &value))
-                    .map_err(map_err("list grants", maps::GRANTS))
-            })
-            .collect()
+        Ok(self
+            .grants
+            .entries()
+            .map(|slot| decode_grant(&slot))
+            .collect())
     }
 
-    /// Capacity of the grant map.
+    /// Number of grants the table admits.
     pub fn grants_capacity(&self) -> u32 {
-        self.grants_capacity
+        self.grants.capacity()
     }
 
     /// Removes grants that expired or belong to an older epoch; returns how many.
@@ -1057,20 +1047,220 @@ impl Dataplane {
     /// Bytes of kernel memory charged to the grant map, from the map's own accounting
     /// (`memlock` in its fdinfo).
     pub fn grants_memory_bytes(&self) -> io::Result<u64> {
-        let fd = self.grants.map().fd().as_fd().as_raw_fd();
+        let fd = self.grants.memory().map.fd().as_fd().as_raw_fd();
         map_memlock(fd)
     }
 }
 
-fn decode_grant(key: &GrantKey, value: &GrantValue) -> GrantEntry {
-    GrantEntry {
-        source: decode_address(key.src),
-        app_id: key.app_id,
-        expires_at_ns: value.expires_at_ns,
-        epoch: value.epoch(),
-        packets: value.packets(),
-        bytes: value.bytes,
+fn grant_key(source: IpAddr, app_id: u32) -> GrantKey {
+    GrantKey {
+        src: grant_source(source),
+        app_id,
     }
+}
+
+fn decode_grant(slot: &GrantSlot) -> GrantEntry {
+    GrantEntry {
+        source: decode_address(slot.src),
+        app_id: slot.app_id,
+        expires_at_ns: slot.expires_at_ns,
+        epoch: slot.epoch & EPOCH_MASK as u32,
+        packets: slot.packets,
+        bytes: slot.bytes,
+    }
+}
+
+/// The grant map's buckets, mapped into this process (`MAP_SHARED`): the agent writes grants straight
+/// into the memory the XDP program reads.
+pub struct MappedBuckets {
+    /// Keeps the map (and so the memory) alive for as long as the mapping.
+    map: MapData,
+    base: NonNull<GrantBucket>,
+    bytes: usize,
+    buckets: u32,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; the grant table accesses it only
+// through `&self` (reads) and `&mut self` (writes) of its owner, as with any heap memory.
+unsafe impl Send for MappedBuckets {}
+// SAFETY: as above; shared references only read (volatile).
+unsafe impl Sync for MappedBuckets {}
+
+impl MappedBuckets {
+    fn new(map: MapData, buckets: u32) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::other("sysconf(_SC_PAGESIZE) failed"))?;
+        let bytes = (buckets as usize * size_of::<GrantBucket>()).next_multiple_of(page);
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a fresh shared mapping of a BPF_F_MMAPABLE array, no larger than the array's
+        // values (rounded up to a page, as the kernel allows); we own the result until munmap.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(base.cast::<GrantBucket>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self {
+            map,
+            base,
+            bytes,
+            buckets,
+        })
+    }
+}
+
+impl BucketMemory for MappedBuckets {
+    fn base(&self) -> NonNull<GrantBucket> {
+        self.base
+    }
+
+    fn buckets(&self) -> u32 {
+        self.buckets
+    }
+}
+
+impl Drop for MappedBuckets {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `bytes` describe a mapping made in `new` and not unmapped since.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// A random 64-bit seed for a fresh grant table.
+fn random_seed() -> io::Result<u64> {
+    let mut seed = [0u8; 8];
+    // SAFETY: `seed` is a valid, writable buffer of its length.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n != seed.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(seed))
+}
+
+/// Takes `GRANTS` out of the object, maps it, and opens the table on it: a fresh table gets a random
+/// seed, a pinned one the seed and capacity its CONFIG recorded.
+fn open_grant_table(
+    ebpf: &mut Ebpf,
+    config: &Array<MapData, GlobalConfig>,
+    reused_pins: bool,
+    capacity: u32,
+    pin_dir: Option<&Path>,
+) -> Result<GrantTable<MappedBuckets>> {
+    let name = maps::GRANTS;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap { name })?;
+    let pinned = |detail: String| DataplaneError::PinnedTable {
+        detail,
+        path: pin_dir.map(Path::to_owned).unwrap_or_default(),
+    };
+    let Map::Array(data) = map else {
+        return Err(pinned(format!("{name} is not an array")));
+    };
+    let info = data.info().map_err(|source| DataplaneError::MapType {
+        name,
+        source: Box::new(source),
+    })?;
+    if info.map_type().ok() != Some(MapType::Array)
+        || info.value_size() as usize != size_of::<GrantBucket>()
+        || info.map_flags() & maps::GRANTS_MAP_FLAGS == 0
+    {
+        return Err(pinned(format!(
+            "{name} has value size {} and flags {:#x}, expected {} and BPF_F_MMAPABLE",
+            info.value_size(),
+            info.map_flags(),
+            size_of::<GrantBucket>()
+        )));
+    }
+    let buckets = info.max_entries();
+    let memory = MappedBuckets::new(data, buckets)
+        .map_err(|source| DataplaneError::Mmap { name, source })?;
+    let recorded = if reused_pins {
+        Some(
+            config
+                .get(&0, 0)
+                .map_err(map_err("read the configuration", maps::CONFIG))?,
+        )
+    } else {
+        None
+    };
+    match recorded {
+        Some(recorded) if recorded.grant_buckets != 0 => {
+            if recorded.grant_buckets != buckets {
+                return Err(pinned(format!(
+                    "CONFIG records {} buckets, {name} has {buckets}",
+                    recorded.grant_buckets
+                )));
+            }
+            Ok(GrantTable::open(
+                memory,
+                recorded.grant_seed,
+                recorded.grant_capacity,
+            ))
+        }
+        _ => {
+            let seed = random_seed().map_err(|source| DataplaneError::Mmap { name, source })?;
+            if !reused_pins {
+                // A map created by this load: all zeros.
+                return Ok(GrantTable::new_empty(memory, seed, capacity));
+            }
+            let table = GrantTable::open(memory, seed, capacity);
+            if !table.is_empty() {
+                return Err(pinned(format!(
+                    "{name} holds grants but CONFIG records no seed to find them by"
+                )));
+            }
+            Ok(table)
+        }
+    }
+}
+
+/// The grant for (`source`, `app_id`) in the pinned maps of an instance (`pin_dir`), read through
+/// the `bpf` syscall without loading anything: for tools and tests that inspect a running gateway.
+pub fn pinned_grant(pin_dir: &Path, source: IpAddr, app_id: u32) -> Result<Option<GrantEntry>> {
+    let open = |name: &'static str| {
+        MapData::from_pin(pin_dir.join(name)).map_err(|source| DataplaneError::MapType {
+            name,
+            source: Box::new(source),
+        })
+    };
+    let config: Array<MapData, GlobalConfig> = Array::try_from(Map::Array(open(maps::CONFIG)?))
+        .map_err(|source| DataplaneError::MapType {
+            name: maps::CONFIG,
+            source: Box::new(source),
+        })?;
+    let grants: Array<MapData, GrantBucket> = Array::try_from(Map::Array(open(maps::GRANTS)?))
+        .map_err(|source| DataplaneError::MapType {
+            name: maps::GRANTS,
+            source: Box::new(source),
+        })?;
+    let config = config
+        .get(&0, 0)
+        .map_err(map_err("read the configuration", maps::CONFIG))?;
+    let key = grant_key(source, app_id);
+    for bucket in ztna_common::grant::key_buckets(&key, config.grant_seed, config.grant_buckets) {
+        let bucket = grants
+            .get(&bucket, 0)
+            .map_err(map_err("read a grant bucket", maps::GRANTS))?;
+        if let Some(slot) = bucket
+            .slots
+            .iter()
+            .find(|slot| slot.state == ztna_common::grant::SLOT_USED && slot.key() == key)
+        {
+            return Ok(Some(decode_grant(slot)));
+        }
+    }
+    Ok(None)
 }
 
 /// `memlock:` of a BPF map's fdinfo: the kernel's own accounting of the map's memory.

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod compile;
 pub mod config;
 pub mod dataplane;
+pub mod grant_table;
 pub mod identity;
 pub mod policy;
 pub mod posture;

@@ -30,9 +30,16 @@ pub struct GlobalConfig {
     /// UDP port of single-packet-authorization knocks, network byte order; 0 when off.
     pub spa_port_be: u16,
     pub _pad0: u16,
+    /// Seed of the grant table's hash ([`crate::grant::grant_hash`]), random per instance. It lives
+    /// here, pinned with the maps, so that a restarted agent finds the grants it left behind.
+    pub grant_seed: u64,
+    /// Buckets in `GRANTS` (its `max_entries`); the XDP program maps hashes onto `0..grant_buckets`.
+    pub grant_buckets: u32,
+    /// Grants the agent admits into the table before it answers "full" (for display and restarts).
+    pub grant_capacity: u32,
 }
 
-const _: () = assert!(size_of::<GlobalConfig>() == 40);
+const _: () = assert!(size_of::<GlobalConfig>() == 56);
 
 impl GlobalConfig {
     /// Sets the event budget: `rate` events per second per CPU, bursts of up to `burst`; a rate of 0

@@ -36,7 +36,7 @@ mod pod {
         config::GlobalConfig,
         event::Event,
         grant::GrantKey,
-        grant::GrantValue,
+        grant::GrantBucket,
         net::ProtectedNet,
         service::ServiceKey,
         service::ServiceValue,

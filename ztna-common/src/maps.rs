@@ -9,7 +9,8 @@ pub const PROTECTED_V6: &str = "PROTECTED_V6";
 /// Services: LPM trie, `Key<ServiceLpmData>` (see [`crate::service::ServiceKey::lpm_data`]) ->
 /// [`crate::service::ServiceValue`].
 pub const SERVICES: &str = "SERVICES";
-/// Grants: preallocated hash, [`crate::grant::GrantKey`] -> [`crate::grant::GrantValue`].
+/// Grants: an mmapable array of [`crate::grant::GrantBucket`], used as a cuckoo hash table keyed by
+/// [`crate::grant::GrantKey`] (see [`crate::grant`]).
 pub const GRANTS: &str = "GRANTS";
 /// Per-CPU array of `u64` packet counters indexed by [`crate::verdict::stat_index`].
 pub const STATS: &str = "STATS";
@@ -39,6 +40,8 @@ pub const BASELINE_PROGRAM: &str = "ztna_baseline";
 pub const PROTECTED_CAPACITY: u32 = 262_144;
 /// Maximum number of (net, protocol, port) service entries.
 pub const SERVICES_CAPACITY: u32 = 1 << 20;
+/// `BPF_F_MMAPABLE`: the agent writes the grant table through an `mmap` of the array.
+pub const GRANTS_MAP_FLAGS: u32 = 1 << 10;
 /// Default number of grants; the agent sets the real size from its configuration at load time.
 pub const GRANTS_DEFAULT_CAPACITY: u32 = 65_536;
 /// Size of the event ring buffer in bytes (a power of two and a multiple of the page size).

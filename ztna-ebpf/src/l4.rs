@@ -81,13 +81,17 @@ unsafe fn ports(hdr: *const [u8; 4]) -> L4 {
 /// IPv6 neighbour discovery (RFC 4861: router/neighbour solicitation and advertisement, redirect),
 /// valid only with hop limit 255, and multicast listener discovery (RFC 2710/3810) from a link-local
 /// or unspecified source with hop limit 1. Both are link-local control traffic that must never break.
+///
+/// `src` is the source address as `ztna_common::grant::source_words` (little-endian words, so the
+/// first byte on the wire is the low byte of `src[0]`).
 #[inline(always)]
-pub fn is_ipv6_link_control(icmp_type: u8, hop_limit: u8, src: &[u8; 16]) -> bool {
+pub fn is_ipv6_link_control(icmp_type: u8, hop_limit: u8, src: [u64; 2]) -> bool {
     match icmp_type {
         133..=137 => hop_limit == 255,
         130..=132 | 143 => {
-            let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
-            let unspecified = src.iter().all(|b| *b == 0);
+            // fe80::/10: first byte 0xfe, top two bits of the second 0b10.
+            let link_local = src[0] & 0xc0ff == 0x80fe;
+            let unspecified = src[0] == 0 && src[1] == 0;
             hop_limit == 1 && (link_local || unspecified)
         }
         _ => false,

@@ -3,12 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use ztna_common::{
     config::{EventBucket, GlobalConfig},
-    grant::{GrantKey, GrantValue},
-    maps::{EVENTS_BYTES, GRANTS_DEFAULT_CAPACITY, PROTECTED_CAPACITY, SERVICES_CAPACITY},
+    grant::{GrantBucket, buckets_for_capacity},
+    maps::{
+        EVENTS_BYTES, GRANTS_DEFAULT_CAPACITY, GRANTS_MAP_FLAGS, PROTECTED_CAPACITY,
+        SERVICES_CAPACITY,
+    },
     net::ProtectedNet,
     service::{ServiceLpmData, ServiceValue},
     verdict::STATS_LEN,
@@ -30,10 +33,14 @@ pub static PROTECTED_V6: LpmTrie<[u8; 16], ProtectedNet> =
 pub static SERVICES: LpmTrie<ServiceLpmData, ServiceValue> =
     LpmTrie::with_max_entries(SERVICES_CAPACITY, 0);
 
-/// Preallocated, so that installing a grant never allocates in the kernel; sized by the agent.
+/// The grant table: buckets of a cuckoo hash table (see `ztna_common::grant`). An array, so that a
+/// lookup is inlined by the verifier; mmapable, so that the agent writes slots directly. Sized by
+/// the agent.
 #[map(name = "GRANTS")]
-pub static GRANTS: HashMap<GrantKey, GrantValue> =
-    HashMap::with_max_entries(GRANTS_DEFAULT_CAPACITY, 0);
+pub static GRANTS: Array<GrantBucket> = Array::with_max_entries(
+    buckets_for_capacity(GRANTS_DEFAULT_CAPACITY),
+    GRANTS_MAP_FLAGS,
+);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

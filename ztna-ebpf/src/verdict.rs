@@ -8,8 +8,10 @@ use aya_ebpf::{
 };
 use ztna_common::{
     config::{GlobalConfig, MODE_MONITOR},
-    grant::{EPOCH_MASK, GrantKey, PACKET_INCREMENT},
-    net::v4_mapped,
+    grant::{
+        GrantSlot, SLOT_USED, SLOTS_PER_BUCKET, candidate_buckets, epoch_matches, grant_hash,
+        ipv4_source_words, is_ipv4_mapped_words, source_hash, source_words,
+    },
     service::{
         APP_MODE_ENFORCE, APP_MODE_INHERIT, APP_MODE_MONITOR, SERVICE_PREFIX_EXACT, ServiceKey,
         ServiceValue,
@@ -159,66 +161,157 @@ fn classify(ctx: &XdpContext, config: &GlobalConfig, info: &mut PacketInfo) -> R
     let l4 = l4::parse(ctx, l3.proto, l3.next_offset, l3.end_offset)?;
     info.sport_be = l4.sport_be;
     info.dport_be = l4.dport_be;
-    let src = source_address(ctx, &l3)?;
+    let src = source_words_of(ctx, &l3)?;
     // Only IPv6 carries neighbour discovery: an IPv4 packet of protocol 58 is not exempt.
     if l3.ip_version == 6
         && l3.proto == l4::PROTO_ICMPV6
-        && l4::is_ipv6_link_control(l4.icmp_type, l3.hop_limit, &src)
+        && l4::is_ipv6_link_control(l4.icmp_type, l3.hop_limit, src)
     {
         return Ok(PASS_NEIGHBOR_DISCOVERY);
     }
 
+    // The grant table's parameters are read here rather than kept from the copy of CONFIG made at
+    // the start: values live across the L3 parsers make the compiler spill and refill registers
+    // there, and the 6.1 verifier loses the bounds of a refilled length. Hashed before the service
+    // lookup, which the CPU then overlaps with the hash's multiplications.
+    let (seed, buckets) = grant_table_parameters();
+    let source = source_hash(src, seed);
     let service = lookup_service(net_id, l3.proto, l4.dport_be).ok_or(DROP_NO_SERVICE)?;
     info.app_id = service.app_id;
     info.app_mode = service.mode;
 
     // Grant keys hold IPv4 sources as ::ffff:a.b.c.d, so an IPv6 packet from that (IPv4-mapped)
     // address would borrow the IPv4 host's grants. Such sources never appear on the wire legitimately.
-    if l3.ip_version == 6 && is_ipv4_mapped(&src) {
+    if l3.ip_version == 6 && is_ipv4_mapped_words(src) {
         return Err(DROP_NO_GRANT);
     }
-    let key = GrantKey {
-        src,
-        app_id: service.app_id,
-    };
-    let grant = GRANTS.get_ptr_mut(key).ok_or(DROP_NO_GRANT)?;
-    // SAFETY: the pointer comes from a successful lookup and stays valid for this program run.
+    let grant = find_grant(buckets, src, source, service.app_id).ok_or(DROP_NO_GRANT)?;
+    if !epoch_matches(grant.epoch, config.epoch) {
+        return Err(DROP_STALE_EPOCH);
+    }
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now >= grant.expires_at_ns {
+        return Err(DROP_EXPIRED);
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: the slot pointer comes from a successful array lookup and stays valid for this program
+    // run. Only XDP programs write the counters: plain adds, not atomic ones (measured 9 ns per packet
+    // cheaper); a grant's packets are spread over CPUs only when one source runs several flows at
+    // once, where a concurrent update can lose a count, as can an agent rewriting the slot at the same
+    // instant. The counters are for operators, never for a verdict.
     unsafe {
-        let epoch_packets = core::ptr::read_volatile(&(*grant).epoch_packets);
-        if (epoch_packets & EPOCH_MASK) != (u64::from(config.epoch) & EPOCH_MASK) {
-            return Err(DROP_STALE_EPOCH);
-        }
-        // SAFETY: a helper without arguments or side effects.
-        let now = bpf_ktime_get_coarse_ns();
-        if now >= (*grant).expires_at_ns {
-            return Err(DROP_EXPIRED);
-        }
-        let len = (ctx.data_end() - ctx.data()) as u64;
-        // Plain adds, not atomic ones: measured 9 ns per packet cheaper, and a grant's packets are
-        // spread over CPUs only when one source runs several flows at once, where a concurrent
-        // update can lose a count. The counters are for operators, never for a verdict.
-        (*grant).bytes += len;
-        (*grant).epoch_packets += PACKET_INCREMENT;
+        (*grant.slot).bytes += len;
+        (*grant.slot).packets += 1;
     }
     Ok(PASS_GRANT)
 }
 
-/// The source address in grant-key form (IPv4 as `::ffff:a.b.c.d`).
+/// A grant found in the table: a consistent snapshot of what the verdict needs, and where to count.
+struct GrantHit {
+    slot: *mut GrantSlot,
+    epoch: u32,
+    expires_at_ns: u64,
+}
+
+/// The grant table's hash seed and bucket count from CONFIG; a missing entry reads as zeros, which
+/// finds no grant.
 #[inline(always)]
-pub fn source_address(ctx: &XdpContext, l3: &L3) -> Result<[u8; 16], u32> {
-    if l3.ip_version == 4 {
-        let src: [u8; 4] =
-            read_at(ctx, l3.l3_offset + ipv4::IPV4_SRC_OFFSET).ok_or(DROP_TRUNCATED_L3)?;
-        Ok(v4_mapped(src))
-    } else {
-        read_at(ctx, l3.l3_offset + ipv6::IPV6_SRC_OFFSET).ok_or(DROP_TRUNCATED_L3)
+fn grant_table_parameters() -> (u64, u32) {
+    match CONFIG.get(0) {
+        Some(config) => (config.grant_seed, config.grant_buckets),
+        None => (0, 0),
     }
 }
 
-/// Whether an IPv6 address is IPv4-mapped (`::ffff:0:0/96`).
+/// Looks (`src`, `app_id`) up in the grant table: two inlined array lookups (the key's candidate
+/// buckets) and at most eight slot comparisons.
 #[inline(always)]
-fn is_ipv4_mapped(addr: &[u8; 16]) -> bool {
-    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
+fn find_grant(buckets: u32, words: [u64; 2], source: u64, app_id: u32) -> Option<GrantHit> {
+    let [first, second] = candidate_buckets(grant_hash(source, app_id), buckets);
+    if let Some(hit) = probe_bucket(first, words, app_id) {
+        return Some(hit);
+    }
+    probe_bucket(second, words, app_id)
+}
+
+#[inline(always)]
+fn probe_bucket(index: u32, words: [u64; 2], app_id: u32) -> Option<GrantHit> {
+    let bucket = GRANTS.get_ptr_mut(index)?;
+    // SAFETY: `bucket` points at a whole `GrantBucket` inside the map for this program run.
+    let slots = unsafe { core::ptr::addr_of_mut!((*bucket).slots) }.cast::<GrantSlot>();
+    for i in 0..SLOTS_PER_BUCKET {
+        // SAFETY: `i` is below the bucket's slot count.
+        let slot = unsafe { slots.add(i) };
+        // SAFETY: as above, `slot` points at a slot inside the map value.
+        if let Some(hit) = unsafe { read_slot(slot, words, app_id) } {
+            return Some(hit);
+        }
+    }
+    None
+}
+
+/// The slot's grant if it holds (`words`, `app_id`) and was not rewritten while we read it.
+///
+/// The reader half of the slot's seqlock (the writer is `ztna-agent/src/grant_table.rs`): sequence,
+/// key, epoch, deadline, sequence again, every load volatile so that the compiler keeps their order.
+/// x86 keeps loads in program order (TSO), and the JIT emits plain moves, so an even sequence that
+/// reads the same before and after vouches for everything read in between. A slot in the middle of a
+/// rewrite (odd) or rewritten meanwhile (changed) reads as "no grant": fail closed. On arm64 the first
+/// load would need acquire semantics and the re-read a load barrier (a BPF load-acquire, or a fully
+/// ordered BPF atomic in between).
+///
+/// # Safety
+///
+/// `slot` must point at a slot inside the grant map's value.
+#[inline(always)]
+unsafe fn read_slot(slot: *mut GrantSlot, words: [u64; 2], app_id: u32) -> Option<GrantHit> {
+    use core::ptr::{addr_of, read_volatile};
+    // SAFETY (whole body): the caller vouches for `slot`; every field is naturally aligned.
+    unsafe {
+        let src = addr_of!((*slot).src).cast::<u64>();
+        // A filter before the seqlock read: the second word (the IPv4 address, the IPv6 interface
+        // id) tells most keys apart, so a slot of another key costs one load. It proves nothing.
+        if read_volatile(src.add(1)) != words[1] {
+            return None;
+        }
+        // `seq` in the low half, `state` in the high half (little endian, checked in ztna-common).
+        let head = read_volatile(slot.cast::<u64>());
+        if head & 0xffff_ffff_0000_0001 != u64::from(SLOT_USED) << 32 {
+            return None;
+        }
+        if read_volatile(src) != words[0]
+            || read_volatile(src.add(1)) != words[1]
+            || read_volatile(addr_of!((*slot).app_id)) != app_id
+        {
+            return None;
+        }
+        let epoch = read_volatile(addr_of!((*slot).epoch));
+        let expires_at_ns = read_volatile(addr_of!((*slot).expires_at_ns));
+        if read_volatile(addr_of!((*slot).seq)) != head as u32 {
+            return None;
+        }
+        Some(GrantHit {
+            slot,
+            epoch,
+            expires_at_ns,
+        })
+    }
+}
+
+/// The source address as the grant table's key words (IPv4 as `::ffff:a.b.c.d`), built straight from
+/// the packet bytes.
+#[inline(always)]
+pub fn source_words_of(ctx: &XdpContext, l3: &L3) -> Result<[u64; 2], u32> {
+    if l3.ip_version == 4 {
+        let src: [u8; 4] =
+            read_at(ctx, l3.l3_offset + ipv4::IPV4_SRC_OFFSET).ok_or(DROP_TRUNCATED_L3)?;
+        Ok(ipv4_source_words(src))
+    } else {
+        let src: [u8; 16] =
+            read_at(ctx, l3.l3_offset + ipv6::IPV6_SRC_OFFSET).ok_or(DROP_TRUNCATED_L3)?;
+        Ok(source_words(&src))
+    }
 }
 
 /// The most specific service: exact (net, proto, port), else (net, proto, any port), else (net, any

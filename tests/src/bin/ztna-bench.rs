@@ -338,7 +338,7 @@ fn render(args: &Args, rows: &[Row], memory: &[(u32, u32, u64)], took: Duration)
     }
     let _ = writeln!(
         out,
-        "\nKernel memory of the preallocated grant map, from the map's own accounting (`memlock` in \
+        "\nKernel memory of the grant table, from the map's own accounting (`memlock` in \
          its fdinfo):\n"
     );
     let _ = writeln!(out, "| grants | capacity | bytes | bytes per grant |");
