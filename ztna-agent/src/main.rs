@@ -4,6 +4,7 @@
 //!   file and runs until SIGTERM/SIGINT, leaving the gateway enforcing unless `--teardown-on-exit`.
 //! - `ztna-agent check --config FILE` validates the file without touching the kernel.
 //! - `ztna-agent teardown --instance NAME` detaches the instance and removes its pins.
+//! - `ztna-agent policy check FILE` validates an access policy and lists every problem by line.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -44,6 +45,18 @@ enum Command {
     Check(CheckArgs),
     /// Detach the XDP program of an instance and remove its pinned maps and links.
     Teardown(TeardownArgs),
+    /// Work with access policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file: prints a summary, or every error as `file:line:column: message`.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +122,25 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Check(args) => check(&args),
         Command::Run(args) => run(args),
         Command::Teardown(args) => teardown(&args),
+        Command::Policy(PolicyCommand::Check { file }) => policy_check(&file),
+    }
+}
+
+fn policy_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("failed to read the policy file {}", file.display()))?;
+    let report = ztna_agent::policy::check::check(&text, &file.display().to_string());
+    print!("{}", report.output);
+    if !report.output.ends_with('\n') {
+        println!();
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} is not a valid policy; nothing was changed",
+            file.display()
+        )
     }
 }
 
