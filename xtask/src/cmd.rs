@@ -73,8 +73,10 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 pub fn run_stdout(cmd: &mut Command) -> anyhow::Result<String> {
     let line = display(cmd);
     println!("$ {line}");
+    // stderr stays on the terminal: compiler errors must reach the person running the command.
     let output = cmd
         .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("failed to start `{line}`"))?;
     if !output.status.success() {
