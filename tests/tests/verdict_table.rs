@@ -979,6 +979,113 @@ fn grant_expires_in_the_kernel_on_its_own() {
     );
 }
 
+#[test]
+fn extending_a_grant_moves_its_deadline_and_keeps_its_counters() {
+    require_root!("BPF_PROG_TEST_RUN on the XDP program");
+    let mut dataplane = load_fixture();
+    let source = Ipv4Addr::new(192, 0, 2, 78);
+    let frame = tcp4(source, SERVER_V4, 22).build();
+    assert!(
+        !dataplane
+            .extend_grant(
+                source.into(),
+                APP_SSH,
+                deadline_after(Duration::from_secs(60))
+            )
+            .unwrap(),
+        "there is no grant to extend yet"
+    );
+    dataplane
+        .upsert_grant(source.into(), APP_SSH, monotonic_coarse_ns() - 1)
+        .unwrap();
+    assert_eq!(dataplane.test_run(&frame, 1).unwrap().0, XDP_DROP);
+
+    let later = deadline_after(Duration::from_secs(60));
+    assert!(
+        dataplane
+            .extend_grant(source.into(), APP_SSH, later)
+            .unwrap()
+    );
+    assert_eq!(dataplane.test_run(&frame, 3).unwrap().0, XDP_PASS);
+    let grant = dataplane
+        .grant(source.into(), APP_SSH)
+        .unwrap()
+        .expect("grant");
+    assert_eq!(grant.expires_at_ns, later);
+    assert_eq!(grant.packets, 3);
+
+    // Extending again keeps what was counted.
+    dataplane
+        .extend_grant(source.into(), APP_SSH, later + 1)
+        .unwrap();
+    assert_eq!(
+        dataplane
+            .grant(source.into(), APP_SSH)
+            .unwrap()
+            .map(|g| g.packets),
+        Some(3)
+    );
+}
+
+#[test]
+fn an_app_can_be_put_in_monitor_mode_and_back() {
+    require_root!("BPF_PROG_TEST_RUN on the XDP program");
+    let mut dataplane = load_fixture();
+    // HTTPS from a client without a grant: dropped while the gateway enforces.
+    let frame = tcp4(STRANGER_V4, SERVER_V4, 443).build();
+    assert_eq!(dataplane.test_run(&frame, 1).unwrap().0, XDP_DROP);
+
+    assert_eq!(
+        dataplane.set_app_mode(APP_HTTPS, APP_MODE_MONITOR).unwrap(),
+        1,
+        "one service belongs to the app"
+    );
+    let before = dataplane.stats().unwrap();
+    assert_eq!(dataplane.test_run(&frame, 1).unwrap().0, XDP_PASS);
+    let after = dataplane.stats().unwrap();
+    let slot = stat_index(DROP_NO_GRANT, true) as usize;
+    assert_eq!(after[slot] - before[slot], 1, "counted as a would-drop");
+    // Other apps still enforce.
+    assert_eq!(
+        dataplane
+            .test_run(&tcp4(STRANGER_V4, SERVER_V4, 22).build(), 1)
+            .unwrap()
+            .0,
+        XDP_DROP
+    );
+
+    dataplane.set_app_mode(APP_HTTPS, APP_MODE_INHERIT).unwrap();
+    assert_eq!(dataplane.test_run(&frame, 1).unwrap().0, XDP_DROP);
+}
+
+#[test]
+fn installed_prefixes_read_back_masked() {
+    require_root!("loading the XDP program");
+    let mut dataplane = Dataplane::load(&LoadOptions::default()).expect("load the XDP program");
+    let v4 = Prefix::new(Ipv4Addr::new(10, 9, 8, 7).into(), 16).unwrap();
+    let v6 = Prefix::new(Ipv6Addr::new(0x2001, 0xdb8, 5, 6, 0, 0, 0, 1).into(), 48).unwrap();
+    dataplane.add_prefix(v4, 11).unwrap();
+    dataplane.add_prefix(v6, 12).unwrap();
+    let mut listed = dataplane.prefixes().unwrap();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            (
+                Prefix::new(Ipv4Addr::new(10, 9, 0, 0).into(), 16).unwrap(),
+                11
+            ),
+            (
+                Prefix::new(Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 0).into(), 48).unwrap(),
+                12
+            ),
+        ]
+    );
+    dataplane.remove_prefix(v4).unwrap();
+    dataplane.remove_prefix(v6).unwrap();
+    assert!(dataplane.prefixes().unwrap().is_empty());
+}
+
 /// Takes every waiting event.
 fn drain(reader: &mut EventReader) -> Vec<Event> {
     reader.drain()

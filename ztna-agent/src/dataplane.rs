@@ -200,6 +200,22 @@ impl Prefix {
     }
 }
 
+/// A prefix as the key of its LPM trie, host bits cleared.
+enum PrefixKey {
+    V4(Key<[u8; 4]>),
+    V6(Key<[u8; 16]>),
+}
+
+impl Prefix {
+    fn key(&self) -> PrefixKey {
+        let len = u32::from(self.len);
+        match self.addr {
+            IpAddr::V4(v4) => PrefixKey::V4(Key::new(len, mask_prefix(v4.octets(), self.len))),
+            IpAddr::V6(v6) => PrefixKey::V6(Key::new(len, mask_prefix(v6.octets(), self.len))),
+        }
+    }
+}
+
 impl std::fmt::Display for Prefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
@@ -604,15 +620,7 @@ impl Dataplane {
     /// Runs the program once per `repeat` on `packet` through `BPF_PROG_TEST_RUN` and returns the XDP
     /// action and the kernel's average duration per run.
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        let result = self
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| DataplaneError::TestRun(Box::new(e)))?;
-        Ok((result.return_value, result.duration))
+        run_test(self.program(), packet, repeat)
     }
 
     /// Runs the `XDP_PASS`-only baseline program from the same object on `packet`, loading it on first
@@ -631,14 +639,7 @@ impl Dataplane {
                 .load()
                 .map_err(|e| DataplaneError::Verify(Box::new(e)))?;
         }
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| DataplaneError::TestRun(Box::new(e)))?;
-        Ok((result.return_value, result.duration))
+        run_test(program, packet, repeat)
     }
 
     /// Attaches to `interface`. With pinning, a link pinned by an earlier run is taken over: the new
@@ -850,69 +851,50 @@ impl Dataplane {
 
     pub fn add_prefix(&mut self, prefix: Prefix, net_id: u32) -> Result<()> {
         let value = ProtectedNet { net_id };
-        match prefix.addr {
-            IpAddr::V4(v4) => self
+        match prefix.key() {
+            PrefixKey::V4(key) => self
                 .protected_v4
-                .insert(
-                    &Key::new(u32::from(prefix.len), mask_prefix(v4.octets(), prefix.len)),
-                    value,
-                    0,
-                )
+                .insert(&key, value, 0)
                 .map_err(map_err("add a prefix", maps::PROTECTED_V4)),
-            IpAddr::V6(v6) => self
+            PrefixKey::V6(key) => self
                 .protected_v6
-                .insert(
-                    &Key::new(u32::from(prefix.len), mask_prefix(v6.octets(), prefix.len)),
-                    value,
-                    0,
-                )
+                .insert(&key, value, 0)
                 .map_err(map_err("add a prefix", maps::PROTECTED_V6)),
         }
     }
 
     pub fn remove_prefix(&mut self, prefix: Prefix) -> Result<()> {
-        match prefix.addr {
-            IpAddr::V4(v4) => self
+        match prefix.key() {
+            PrefixKey::V4(key) => self
                 .protected_v4
-                .remove(&Key::new(
-                    u32::from(prefix.len),
-                    mask_prefix(v4.octets(), prefix.len),
-                ))
+                .remove(&key)
                 .map_err(map_err("remove a prefix", maps::PROTECTED_V4)),
-            IpAddr::V6(v6) => self
+            PrefixKey::V6(key) => self
                 .protected_v6
-                .remove(&Key::new(
-                    u32::from(prefix.len),
-                    mask_prefix(v6.octets(), prefix.len),
-                ))
+                .remove(&key)
                 .map_err(map_err("remove a prefix", maps::PROTECTED_V6)),
         }
     }
 
     /// Every installed prefix with its net id.
     pub fn prefixes(&self) -> Result<Vec<(Prefix, u32)>> {
-        let mut out = Vec::new();
-        for item in self.protected_v4.iter() {
-            let (key, value) = item.map_err(map_err("list prefixes", maps::PROTECTED_V4))?;
-            out.push((
-                Prefix {
-                    addr: IpAddr::from(key.data()),
-                    len: key.prefix_len() as u8,
-                },
-                value.net_id,
-            ));
+        fn entry<const N: usize>(key: Key<[u8; N]>, value: ProtectedNet) -> (Prefix, u32)
+        where
+            IpAddr: From<[u8; N]>,
+        {
+            let addr = IpAddr::from(key.data());
+            let len = key.prefix_len() as u8;
+            (Prefix { addr, len }, value.net_id)
         }
-        for item in self.protected_v6.iter() {
-            let (key, value) = item.map_err(map_err("list prefixes", maps::PROTECTED_V6))?;
-            out.push((
-                Prefix {
-                    addr: IpAddr::from(key.data()),
-                    len: key.prefix_len() as u8,
-                },
-                value.net_id,
-            ));
-        }
-        Ok(out)
+        let v4 = self.protected_v4.iter().map(|item| {
+            item.map(|(key, value)| entry(key, value))
+                .map_err(map_err("list prefixes", maps::PROTECTED_V4))
+        });
+        let v6 = self.protected_v6.iter().map(|item| {
+            item.map(|(key, value)| entry(key, value))
+                .map_err(map_err("list prefixes", maps::PROTECTED_V6))
+        });
+        v4.chain(v6).collect()
     }
 
     /// Installs a service; port 0 and protocol 0 are wildcards (see [`ServiceKey`]).
@@ -1009,21 +991,6 @@ impl Dataplane {
         self.grants.capacity()
     }
 
-    /// Removes grants that expired or belong to an older epoch; returns how many.
-    pub fn sweep_grants(&mut self) -> Result<usize> {
-        let now = monotonic_coarse_ns();
-        let epoch = self.epoch()?;
-        let stale: Vec<GrantEntry> = self
-            .grants()?
-            .into_iter()
-            .filter(|g| g.expires_at_ns <= now || g.epoch != epoch)
-            .collect();
-        for grant in &stale {
-            self.remove_grant(grant.source, grant.app_id)?;
-        }
-        Ok(stale.len())
-    }
-
     // --- counters and events -----------------------------------------------------------------
 
     /// Packet counters for every `STATS` slot, summed over CPUs (index with
@@ -1057,6 +1024,19 @@ fn grant_key(source: IpAddr, app_id: u32) -> GrantKey {
         src: grant_source(source),
         app_id,
     }
+}
+
+/// `BPF_PROG_TEST_RUN` of `program` on `packet`, `repeat` times: the XDP action and the kernel's
+/// average duration per run.
+fn run_test(program: &Xdp, packet: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| DataplaneError::TestRun(Box::new(e)))?;
+    Ok((result.return_value, result.duration))
 }
 
 fn decode_grant(slot: &GrantSlot) -> GrantEntry {

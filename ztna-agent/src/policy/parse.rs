@@ -265,6 +265,30 @@ impl Reader<'_> {
         out
     }
 
+    /// The strings of `table`'s list `key`, which must be present and not empty: either problem is
+    /// reported as `{what}: missing key "{key}"; {hint}` or `{what}: {key} is empty; {hint}`.
+    fn required_strings(
+        &mut self,
+        table: &DeTable<'_>,
+        span: &Range<usize>,
+        key: &str,
+        what: &str,
+        hint: &str,
+    ) -> Vec<(String, Range<usize>)> {
+        let Some(value) = table.get(key) else {
+            self.error(
+                span.clone(),
+                format!("{what}: missing key \"{key}\"; {hint}"),
+            );
+            return Vec::new();
+        };
+        let items = self.strings(Some(value), &format!("{what}: {key}"));
+        if items.is_empty() && value.get_ref().is_array() {
+            self.error(value.span(), format!("{what}: {key} is empty; {hint}"));
+        }
+        items
+    }
+
     /// A duration: an integer number of seconds, or text such as "90s", "15m", "8h", "7d".
     fn duration(&mut self, value: &Value<'_>, what: &str) -> Option<Duration> {
         match value.get_ref() {
@@ -394,54 +418,39 @@ impl Reader<'_> {
             }
 
             let mut prefixes = Vec::new();
-            match table.get("prefixes") {
-                None => self.error(
-                    span.clone(),
-                    format!(
-                        "{what}: missing key \"prefixes\"; list where the app lives, e.g. \
-                         [\"10.0.100.0/24\"]"
-                    ),
-                ),
-                Some(value) => {
-                    let items = self.strings(Some(value), &format!("{what}: prefixes"));
-                    if items.is_empty() && value.get_ref().is_array() {
-                        self.error(value.span(), format!("{what}: prefixes is empty"));
-                    }
-                    for (text, item_span) in items {
-                        match parse_prefix(&text) {
-                            Ok(net) => prefixes.push(net),
-                            Err(message) => {
-                                self.error(item_span, format!("{what}: prefix {text:?}: {message}"))
-                            }
-                        }
+            let items = self.required_strings(
+                table,
+                &span,
+                "prefixes",
+                &what,
+                "list where the app lives, e.g. [\"10.0.100.0/24\"]",
+            );
+            for (text, item_span) in items {
+                match parse_prefix(&text) {
+                    Ok(net) => prefixes.push(net),
+                    Err(message) => {
+                        self.error(item_span, format!("{what}: prefix {text:?}: {message}"))
                     }
                 }
             }
 
             let mut services = Vec::new();
             let mut service_spans = Vec::new();
-            match table.get("services") {
-                None => self.error(
-                    span.clone(),
-                    format!(
-                        "{what}: missing key \"services\"; list what the app serves, e.g. \
-                         [\"tcp/443\"], or [\"any\"]"
-                    ),
-                ),
-                Some(value) => {
-                    let items = self.strings(Some(value), &format!("{what}: services"));
-                    if items.is_empty() && value.get_ref().is_array() {
-                        self.error(value.span(), format!("{what}: services is empty"));
+            let items = self.required_strings(
+                table,
+                &span,
+                "services",
+                &what,
+                "list what the app serves, e.g. [\"tcp/443\"], or [\"any\"]",
+            );
+            for (text, item_span) in items {
+                match text.trim().parse::<Service>() {
+                    Ok(service) => {
+                        services.push(service);
+                        service_spans.push(item_span);
                     }
-                    for (text, item_span) in items {
-                        match text.trim().parse::<Service>() {
-                            Ok(service) => {
-                                services.push(service);
-                                service_spans.push(item_span);
-                            }
-                            Err(message) => self
-                                .error(item_span, format!("{what}: service {text:?}: {message}")),
-                        }
+                    Err(message) => {
+                        self.error(item_span, format!("{what}: service {text:?}: {message}"))
                     }
                 }
             }
@@ -684,37 +693,21 @@ impl Reader<'_> {
             }
 
             let mut granted = Vec::new();
-            match table.get("apps") {
-                None => self.error(
-                    span.clone(),
-                    format!("{what}: missing key \"apps\"; list the apps the rule grants"),
-                ),
-                Some(value) => {
-                    let names = self.strings(Some(value), &format!("{what}: apps"));
-                    if names.is_empty() && value.get_ref().is_array() {
-                        self.error(
-                            value.span(),
-                            format!("{what}: apps is empty; list the apps the rule grants"),
-                        );
-                    }
-                    for (app, app_span) in names {
-                        if !apps.iter().any(|a| a.name == app) {
-                            self.error(
-                                app_span,
-                                format!(
-                                    "{what}: app {app:?} is not defined; defined apps: {}",
-                                    list_or_none(
-                                        apps.iter().map(|a| a.name.as_str()),
-                                        "add [[apps]]"
-                                    )
-                                ),
-                            );
-                        } else if granted.contains(&app) {
-                            self.error(app_span, format!("{what}: app {app:?} is listed twice"));
-                        } else {
-                            granted.push(app);
-                        }
-                    }
+            let names =
+                self.required_strings(table, &span, "apps", &what, "list the apps the rule grants");
+            for (app, app_span) in names {
+                if !apps.iter().any(|a| a.name == app) {
+                    self.error(
+                        app_span,
+                        format!(
+                            "{what}: app {app:?} is not defined; defined apps: {}",
+                            list_or_none(apps.iter().map(|a| a.name.as_str()), "add [[apps]]")
+                        ),
+                    );
+                } else if granted.contains(&app) {
+                    self.error(app_span, format!("{what}: app {app:?} is listed twice"));
+                } else {
+                    granted.push(app);
                 }
             }
 
