@@ -16,9 +16,7 @@ pub struct Args {
 enum Suite {
     /// Per-packet cost of the XDP program (BPF_PROG_TEST_RUN), as ratios against an XDP_PASS baseline.
     Dataplane,
-    /// The control plane (policy evaluation, sessions), in process.
-    Control,
-    /// Both.
+    /// Every benchmark there is (today: the data plane).
     All,
 }
 
@@ -26,7 +24,6 @@ impl Suite {
     fn as_arg(self) -> &'static str {
         match self {
             Self::Dataplane => "dataplane",
-            Self::Control => "control",
             Self::All => "all",
         }
     }

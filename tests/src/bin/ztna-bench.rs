@@ -43,9 +43,6 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("dataplane") | Some("all") => {}
-        Some("control") => bail!(
-            "the control-plane benchmark arrives with the control plane; only `dataplane` exists"
-        ),
         Some(other) => bail!("unknown benchmark {other:?}\n{}", usage()),
         None => bail!("{}", usage()),
     }
